@@ -1,0 +1,1 @@
+"""Wire messages and gRPC services; the generated code lives beside each .proto."""

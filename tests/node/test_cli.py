@@ -1,0 +1,59 @@
+"""The `callmesh` command, run as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+CALLMESH = [sys.executable, "-c", "from node.cli import main; main()"]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_up_starts_an_etcd_per_site_and_ctrl_c_stops_everything() -> None:
+    process = subprocess.Popen(
+        [*CALLMESH, "up"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("cluster up"):
+            break
+    pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", "".join(lines))]
+    assert [line.split(":")[0] for line in lines[:3]] == ["site-a", "site-b", "partner-c"]
+    assert len(pids) == 3
+    assert all(alive(pid) for pid in pids)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 0
+    assert not any(alive(pid) for pid in pids)
+
+
+def test_bad_arguments_get_a_clear_error() -> None:
+    result = subprocess.run([*CALLMESH, "bench", "nope"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "invalid choice: 'nope'" in result.stderr
+
+
+@pytest.mark.slow
+def test_bench_registry_ends_with_one_json_line() -> None:
+    result = subprocess.run(
+        [*CALLMESH, "bench", "registry"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = {"merges_per_s", "decode_merge_per_s", "bytes_per_update", "full_sync_10k_ms"}
+    assert set(figures) == expected
+    assert all(isinstance(v, int | float) and v > 0 for v in figures.values())
