@@ -1,36 +1,13 @@
-"""`callmesh up`: a local cluster on loopback that runs until Ctrl-C.
-
-Today it starts what exists: one embedded etcd per site, each a child process with its data in a
-temporary folder. Node processes join with the cluster fabric (issue 3).
-"""
+"""`callmesh up`: the local cluster of node/localcluster.py, run until Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import tempfile
 from pathlib import Path
 
-from node.etcd_server import EtcdServer
-
-SITE_NAMES = ["site-a", "site-b", "partner-c"]
-
-
-def site_names(count: int) -> list[str]:
-    if count < 1:
-        raise ValueError(f"--sites must be at least 1, got {count}")
-    return [SITE_NAMES[i] if i < len(SITE_NAMES) else f"site-{i + 1}" for i in range(count)]
-
-
-async def serve(sites: int, root: Path, stop: asyncio.Event) -> None:
-    async with contextlib.AsyncExitStack() as stack:
-        for name in site_names(sites):
-            etcd = await stack.enter_async_context(EtcdServer(name, root / name))
-            print(f"{name}: etcd {etcd.client_url} (pid {etcd.pid})", flush=True)
-        print("cluster up; Ctrl-C stops it", flush=True)
-        await stop.wait()
-        print("stopping", flush=True)
+from node.localcluster import LocalCluster, plan_sites
 
 
 async def _main(sites: int) -> None:
@@ -39,10 +16,19 @@ async def _main(sites: int) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     with tempfile.TemporaryDirectory(prefix="callmesh-up-") as root:
-        await serve(sites, Path(root), stop)
+        async with LocalCluster(plan_sites(sites), Path(root)) as cluster:
+            for name, members in cluster.etcds.items():
+                for etcd in members:
+                    print(f"{name}: etcd {etcd.client_url} (pid {etcd.pid})", flush=True)
+            for node_id, banner in cluster.banners.items():
+                print(f"{banner} (pid {cluster.pid(node_id)})", flush=True)
+            print(f"logs and configs in {root}", flush=True)
+            print("cluster up; Ctrl-C stops it", flush=True)
+            await stop.wait()
+            print("stopping", flush=True)
 
 
 def run_up(sites: int) -> int:
-    site_names(sites)
+    plan_sites(sites)  # a bad count fails before anything starts
     asyncio.run(_main(sites))
     return 0

@@ -48,6 +48,10 @@ class Registry:
         """How many batches of changes this replica has taken in (its own and its peers')."""
         return self._seq
 
+    def __len__(self) -> int:
+        """How many entries (agents and queue summaries) the replica holds."""
+        return len(self._agents) + len(self._queues)
+
     # -- reading -------------------------------------------------------------------------------
 
     def agent(self, agent_id: str) -> AgentRecord | None:

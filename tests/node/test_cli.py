@@ -32,9 +32,12 @@ def test_up_starts_an_etcd_per_site_and_ctrl_c_stops_everything() -> None:
         lines.append(line)
         if line.startswith("cluster up"):
             break
-    pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", "".join(lines))]
+    text = "".join(lines)
+    pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", text)]
     assert [line.split(":")[0] for line in lines[:3]] == ["site-a", "site-b", "partner-c"]
-    assert len(pids) == 3
+    nodes = re.findall(r"^node (\S+) site (\S+) http ", text, re.MULTILINE)
+    assert [site for _, site in nodes] == ["site-a", "site-a", "site-b", "site-b", "partner-c"]
+    assert len(pids) == 3 + 5
     assert all(alive(pid) for pid in pids)
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) == 0

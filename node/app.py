@@ -1,0 +1,179 @@
+"""The node's composition root: builds every part from the config and runs them until stopped.
+
+Start order: gossip server (so peers can reach us), etcd (lease), HTTP, then membership and the
+session watch. Stop order (SIGTERM, Ctrl-C): agents logged out and pushed to peers, membership
+key removed, lease revoked, servers stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Coroutine
+from typing import Any
+
+from aiohttp import web
+
+from node.config import NodeConfig
+from node.etcd import Etcd
+from node.gossip import Gossip, GossipTimers
+from node.http_api import make_app
+from node.membership import Member, Membership
+from node.sessions import Sessions
+from registry.clock import HybridClock
+from registry.registry import Registry
+
+log = logging.getLogger(__name__)
+
+LEAVE_FLUSH_S = 0.3
+"""How long a leaving node keeps gossiping so peers get its agents' offline records."""
+
+
+class Node:
+    """One callmesh node. `run(stop)` serves until `stop` is set, then leaves cleanly."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.registry = Registry(
+            config.node_id, HybridClock(max_ahead_ms=config.max_clock_ahead_ms)
+        )
+        self.gossip = Gossip(
+            self.registry,
+            config.grpc_host,
+            config.grpc_port,
+            GossipTimers(config.digest_interval_s, config.push_delay_s, config.rpc_timeout_s),
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._etcd: Etcd | None = None
+        self._sessions: Sessions | None = None
+        self._membership: Membership | None = None
+        self._watching = False
+        self.http_address = ""
+
+    # -- readiness -------------------------------------------------------------------------------
+
+    def reasons_not_ready(self) -> list[str]:
+        reasons = []
+        if self._etcd is None or not self._etcd.has_lease:
+            reasons.append("no etcd lease")
+        if not self._watching:
+            reasons.append("membership not read yet")
+        if not self.gossip.synced():
+            behind = sorted(p.address for p in self.gossip.peers.values() if not p.synced)
+            reasons.append(f"not synced with {', '.join(behind)}")
+        return reasons
+
+    # -- lease callbacks (called by the etcd adapter) ----------------------------------------------
+
+    def _lease_lost(self) -> None:
+        log.warning("node %s lost its etcd lease: fenced", self.config.node_id)
+        if self._sessions is not None:
+            self._sessions.fence()
+
+    def _lease_granted(self, lease_id: int) -> None:
+        if self._membership is None or self._sessions is None:
+            return  # the first lease: run() registers
+        self._spawn(self._rejoin(), "rejoin")
+
+    async def _rejoin(self) -> None:
+        assert self._membership is not None
+        assert self._sessions is not None
+        await self._membership.register()
+        self._sessions.unfence()
+        log.info("node %s holds a new lease: unfenced", self.config.node_id)
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(self._guard(work, name), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("node %s: %s failed", self.config.node_id, name)
+
+    def _peers_changed(self, members: dict[str, Member]) -> None:
+        self._watching = True
+        peers = {m.grpc for node_id, m in members.items() if node_id != self.config.node_id}
+        if self.config.gateway:
+            peers |= set(self.config.remote_gateways)
+        self.gossip.set_peers(peers)
+
+    # -- running ----------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        config = self.config
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self.gossip)
+            etcd = Etcd(
+                config.etcd_endpoints,
+                lease_ttl_s=config.lease_ttl_s,
+                on_lease_lost=self._lease_lost,
+                on_lease_granted=self._lease_granted,
+            )
+            self._etcd = await stack.enter_async_context(etcd)
+            sessions = Sessions(
+                etcd, self.registry, config.site, config.trust, on_write=self.gossip.changed
+            )
+            faults = self.gossip if config.fault_injection else None
+            app = make_app(self.registry, sessions, self, faults)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            site = web.TCPSite(runner, config.http_host, config.http_port)
+            await site.start()
+            host, port = runner.addresses[0][:2]
+            self.http_address = f"{host}:{port}"
+            me = Member(config.node_id, self.gossip.address, self.http_address, config.gateway)
+            membership = Membership(etcd, config.site, me, self._peers_changed)
+            await membership.register()
+            self._sessions, self._membership = sessions, membership
+            sessions.unfence()
+            stack.push_async_callback(self._cancel_tasks)
+            self._spawn(membership.watch(), "membership watch")
+            self._spawn(sessions.watch(), "session watch")
+            print(
+                f"node {config.node_id} site {config.site} http {self.http_address} "
+                f"grpc {self.gossip.address}",
+                flush=True,
+            )
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+            log.info("node %s leaving", config.node_id)
+            await sessions.leave()
+            await asyncio.sleep(LEAVE_FLUSH_S)
+            with contextlib.suppress(Exception):
+                await membership.deregister()
+
+    async def _cancel_tasks(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def run_node(config: NodeConfig) -> int:
+    """Run one node in this process until SIGTERM or SIGINT; then leave cleanly."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await Node(config).run(stop)
+
+    if config.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+    return 0

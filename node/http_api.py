@@ -1,0 +1,193 @@
+"""The node's HTTP API (aiohttp): health, readiness, the registry view and agent sessions.
+
+Handlers parse, call one service method and render; errors map to statuses in one table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from node.sessions import Profile, Sessions
+from registry.errors import InvalidRecord
+from registry.records import AgentRecord, AgentState, QueueSummary, check_id, skills_from
+from registry.registry import Registry
+
+MAX_BODY = 64 * 1024
+
+_STATUS = {
+    "bad_request": 400,
+    "invalid_record": 400,
+    "session_error": 409,
+    "session_not_here": 404,
+    "node_fenced": 503,
+    "foreign_write": 409,
+    "stale_epoch": 409,
+    "etcd_unavailable": 503,
+}
+
+
+class Readiness(Protocol):
+    def reasons_not_ready(self) -> list[str]: ...
+
+
+class Faults(Protocol):
+    def block(self, addresses: Iterable[str]) -> None: ...
+
+
+class BadRequest(Exception):
+    code = "bad_request"
+
+
+def agent_json(record: AgentRecord) -> dict[str, Any]:
+    return {
+        "agent_id": record.agent_id,
+        "home_node": record.home_node,
+        "site": record.site,
+        "trust": record.trust.name.lower(),
+        "tier": record.tier,
+        "skills": dict(record.skills),
+        "state": record.state.name.lower().replace("_", "-"),
+        "reason": record.reason,
+        "state_since_ms": record.state_since_ms,
+        "capacity": record.capacity,
+        "active_calls": record.active_calls,
+        "epoch": record.epoch,
+    }
+
+
+def queue_json(summary: QueueSummary) -> dict[str, Any]:
+    return {
+        "node": summary.node,
+        "queue": summary.queue,
+        "waiting": summary.waiting,
+        "oldest_since_ms": summary.oldest_since_ms,
+        "top_priority": summary.top_priority,
+        "required_skills": dict(summary.required_skills),
+    }
+
+
+def _state(name: object) -> AgentState:
+    try:
+        return AgentState[str(name).upper().replace("-", "_")]
+    except KeyError:
+        choices = ", ".join(s.name.lower().replace("_", "-") for s in AgentState)
+        raise BadRequest(f"state must be one of {choices}, got {name!r:.40}") from None
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise BadRequest(f"body is not JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    return body
+
+
+def _profile(body: dict[str, Any]) -> Profile:
+    skills = body.get("skills", {})
+    if not isinstance(skills, dict):
+        raise BadRequest('skills must be an object of name to level, e.g. {"sales": 3}')
+    try:
+        return Profile(
+            tier=int(body.get("tier", 1)),
+            skills=skills_from({str(k): v for k, v in skills.items()}),
+            capacity=int(body.get("capacity", 1)),
+        )
+    except (TypeError, ValueError) as error:
+        raise BadRequest(f"tier and capacity must be integers: {error}") from None
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as error:
+        code = getattr(error, "code", None)
+        if not isinstance(code, str) or code not in _STATUS:
+            raise
+        return web.json_response({"error": code, "message": str(error)}, status=_STATUS[code])
+
+
+def make_app(
+    registry: Registry, sessions: Sessions, readiness: Readiness, faults: Faults | None = None
+) -> web.Application:
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "node": registry.node_id})
+
+    async def readyz(request: web.Request) -> web.Response:
+        reasons = readiness.reasons_not_ready()
+        return web.json_response(
+            {"ready": not reasons, "node": registry.node_id, "reasons": reasons},
+            status=503 if reasons else 200,
+        )
+
+    async def view(request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "node": registry.node_id,
+                "agents": [agent_json(a) for a in sorted(registry.agents(), key=_by_id)],
+                "queues": [queue_json(q) for q in sorted(registry.queues(), key=_by_key)],
+            }
+        )
+
+    def agent_id(request: web.Request) -> str:
+        value = request.match_info["agent_id"]
+        try:
+            check_id("agent id", value)
+        except InvalidRecord as error:
+            raise BadRequest(str(error)) from None
+        return value
+
+    async def login(request: web.Request) -> web.Response:
+        record = await sessions.login(agent_id(request), _profile(await _body(request)))
+        return web.json_response(agent_json(record))
+
+    async def set_state(request: web.Request) -> web.Response:
+        body = await _body(request)
+        reason = body.get("reason", "")
+        if not isinstance(reason, str):
+            raise BadRequest("reason must be a string")
+        record = sessions.set_state(agent_id(request), _state(body.get("state")), reason)
+        return web.json_response(agent_json(record))
+
+    async def logout(request: web.Request) -> web.Response:
+        return web.json_response(agent_json(await sessions.logout(agent_id(request))))
+
+    async def set_faults(request: web.Request) -> web.Response:
+        block = (await _body(request)).get("block", [])
+        if not isinstance(block, list) or not all(isinstance(a, str) for a in block):
+            raise BadRequest('block must be a list of "host:port" gossip addresses')
+        assert faults is not None
+        faults.block(block)
+        return web.json_response({"blocked": sorted(block)})
+
+    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
+    if faults is not None:
+        app.router.add_post("/debug/faults", set_faults)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/registry", view)
+    app.router.add_post("/agents/{agent_id}/login", login)
+    app.router.add_post("/agents/{agent_id}/state", set_state)
+    app.router.add_post("/agents/{agent_id}/logout", logout)
+    return app
+
+
+def _by_id(record: AgentRecord) -> str:
+    return record.agent_id
+
+
+def _by_key(summary: QueueSummary) -> tuple[str, str]:
+    return summary.key

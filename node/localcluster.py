@@ -1,0 +1,219 @@
+"""A local cluster on loopback: an etcd child process per site and a child process per node.
+
+`callmesh up`, the cluster tests and the gossip benchmark use it. Three sites by default:
+site-a and site-b in-house with two nodes each, partner-c a partner site with one node. The first
+node of each site is its gateway to the other sites' gateways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from node.etcd_server import EtcdServer, free_port
+
+
+@dataclass(frozen=True, slots=True)
+class SitePlan:
+    name: str
+    trust: str
+    nodes: int
+    etcd_members: int = 1
+
+
+DEFAULT_SITES = (
+    SitePlan("site-a", "inhouse", 2),
+    SitePlan("site-b", "inhouse", 2),
+    SitePlan("partner-c", "partner", 1),
+)
+
+
+def plan_sites(count: int) -> list[SitePlan]:
+    if count < 1:
+        raise ValueError(f"--sites must be at least 1, got {count}")
+    extra = [SitePlan(f"site-{i + 1}", "inhouse", 1) for i in range(len(DEFAULT_SITES), count)]
+    return [*DEFAULT_SITES[:count], *extra]
+
+
+@dataclass(frozen=True, slots=True)
+class NodePlan:
+    node_id: str
+    site: SitePlan
+    http_port: int
+    grpc_port: int
+    gateway: bool
+
+    @property
+    def grpc(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    def toml(self, etcd_urls: list[str], remote_gateways: list[str], fast: bool) -> str:
+        quoted = ", ".join(f'"{g}"' for g in remote_gateways)
+        endpoints = ", ".join(f'"{url}"' for url in etcd_urls)
+        lines = [
+            f'node_id = "{self.node_id}"',
+            f'site = "{self.site.name}"',
+            f'trust = "{self.site.trust}"',
+            f"etcd_endpoints = [{endpoints}]",
+            f"http_port = {self.http_port}",
+            f"grpc_port = {self.grpc_port}",
+            f"gateway = {'true' if self.gateway else 'false'}",
+            f"remote_gateways = [{quoted}]",
+        ]
+        if fast:
+            lines += [
+                "lease_ttl_s = 2",
+                "digest_interval_s = 0.5",
+                "push_delay_s = 0.005",
+                "fault_injection = true",
+            ]
+        return "\n".join(lines) + "\n"
+
+
+def plan_nodes(sites: list[SitePlan]) -> list[NodePlan]:
+    return [
+        NodePlan(f"{site.name}-n{i + 1}", site, free_port(), free_port(), gateway=i == 0)
+        for site in sites
+        for i in range(site.nodes)
+    ]
+
+
+class LocalCluster:
+    """`async with LocalCluster(sites, root)`: every etcd and node started; all stopped on exit."""
+
+    def __init__(self, sites: list[SitePlan], root: Path, *, fast: bool = False) -> None:
+        self.sites = sites
+        self.root = root
+        self.fast = fast
+        self.plans = {plan.node_id: plan for plan in plan_nodes(sites)}
+        self.etcds: dict[str, list[EtcdServer]] = {}
+        self.processes: dict[str, asyncio.subprocess.Process] = {}
+        self.banners: dict[str, str] = {}
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> LocalCluster:
+        try:
+            for site in self.sites:
+                await self._start_etcd(site)
+            self._stack.push_async_callback(self._stop_all_nodes)
+            for node_id in self.plans:
+                await self.start_node(node_id, wait=False)
+            for node_id in self.plans:
+                await self._await_banner(node_id)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+
+    async def _start_etcd(self, site: SitePlan) -> None:
+        """The site's etcd members, started together (a cluster needs a quorum to be healthy)."""
+        names = [f"{site.name}-etcd{i + 1}" for i in range(site.etcd_members)]
+        peers = {name: f"http://127.0.0.1:{free_port()}" for name in names}
+        members = [
+            EtcdServer(
+                name,
+                self.root / name,
+                peer_port=int(peers[name].rsplit(":", 1)[1]),
+                cluster=peers,
+            )
+            for name in names
+        ]
+        self.etcds[site.name] = members
+        for member in members:
+            self._stack.push_async_callback(member.stop)
+        await asyncio.gather(*(m.start() for m in members))
+        await asyncio.gather(*(m.wait_healthy() for m in members))
+
+    def etcd_urls(self, site: str) -> list[str]:
+        return [member.client_url for member in self.etcds[site]]
+
+    def config_path(self, node_id: str) -> Path:
+        return self.root / f"{node_id}.toml"
+
+    def log_path(self, node_id: str) -> Path:
+        return self.root / f"{node_id}.log"
+
+    async def start_node(self, node_id: str, *, wait: bool = True) -> None:
+        """Start (or restart) a node's process with its planned config."""
+        plan = self.plans[node_id]
+        gateways = [p.grpc for p in self.plans.values() if p.gateway and p.site != plan.site]
+        etcd_urls = self.etcd_urls(plan.site.name)
+        self.config_path(node_id).write_text(plan.toml(etcd_urls, gateways, self.fast))
+        with self.log_path(node_id).open("ab") as log:
+            self.processes[node_id] = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "node",
+                "node",
+                "--config",
+                str(self.config_path(node_id)),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches `up`, which stops nodes in order
+            )
+        if wait:
+            await self._await_banner(node_id)
+
+    async def _await_banner(self, node_id: str, timeout_s: float = 30.0) -> None:
+        process = self.processes[node_id]
+        assert process.stdout is not None
+        try:
+            line = await asyncio.wait_for(process.stdout.readline(), timeout_s)
+        except TimeoutError:
+            line = b""
+        if not line:
+            raise RuntimeError(
+                f"node {node_id} did not start (exit code {process.returncode}); "
+                f"see {self.log_path(node_id)}"
+            )
+        self.banners[node_id] = line.decode().strip()
+
+    def pid(self, node_id: str) -> int:
+        return self.processes[node_id].pid
+
+    def signal(self, node_id: str, sig: signal.Signals) -> None:
+        process = self.processes[node_id]
+        if process.returncode is None:
+            os.kill(process.pid, sig)
+
+    async def stop_node(self, node_id: str, timeout_s: float = 15.0) -> int:
+        """SIGTERM (a clean leave), then SIGKILL after `timeout_s`; the exit code."""
+        process = self.processes[node_id]
+        if process.returncode is None:
+            process.send_signal(signal.SIGCONT)  # a paused node cannot leave
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), timeout_s)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        assert process.returncode is not None
+        return process.returncode
+
+    async def kill_node(self, node_id: str) -> None:
+        process = self.processes[node_id]
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    async def _stop_all_nodes(self) -> None:
+        await asyncio.gather(*(self.stop_node(node_id) for node_id in self.processes))

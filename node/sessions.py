@@ -1,0 +1,248 @@
+"""Agent sessions: which node holds each agent, fenced by an epoch in the site's etcd.
+
+Keys, per agent, in the site's etcd:
+- `/callmesh/sites/{site}/agents/{agent}/epoch`: the last epoch issued (no lease; only grows)
+- `/callmesh/sites/{site}/agents/{agent}/session`: {"node", "epoch"} under the holder's lease
+
+A login bumps the epoch and writes the session in one transaction on the epoch key's revision,
+so one login wins; the registry record carries the epoch, and a higher epoch beats any write of
+the old holder. The old holder drops the session when its watch sees the new one. When a session
+key dies with its node's lease, a surviving node of the site takes the agent over with a higher
+epoch (again one transaction) and writes it offline, so a dead node's agents go offline
+everywhere within about one lease TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from node.etcd import Etcd, EventKind, WatchCompacted
+from registry.errors import RegistryError
+from registry.records import AgentRecord, AgentState, Skills, Trust
+from registry.registry import Registry
+
+log = logging.getLogger(__name__)
+
+LOGIN_ATTEMPTS = 5
+
+
+class SessionError(Exception):
+    code = "session_error"
+
+
+class NotHeldHere(SessionError):
+    code = "session_not_here"
+
+
+class Fenced(SessionError):
+    code = "node_fenced"
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """What an agent brings to a login."""
+
+    tier: int = 1
+    skills: Skills = ()
+    capacity: int = 1
+
+
+def agents_prefix(site: str) -> str:
+    return f"/callmesh/sites/{site}/agents/"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Sessions:
+    """The agent sessions held by this node, and the watch that keeps them honest."""
+
+    def __init__(
+        self,
+        etcd: Etcd,
+        registry: Registry,
+        site: str,
+        trust: Trust,
+        on_write: Callable[[], None],
+    ) -> None:
+        self._etcd = etcd
+        self._registry = registry
+        self._site = site
+        self._trust = trust
+        self._on_write = on_write
+        self._prefix = agents_prefix(site)
+        self.held: dict[str, int] = {}  # agent id -> epoch of the session held here
+        self._fenced = True  # until the node holds a lease
+
+    @property
+    def fenced(self) -> bool:
+        """No live lease: act on nothing (the lease may have expired while the node was paused)."""
+        return self._fenced or not self._etcd.has_lease
+
+    @property
+    def node_id(self) -> str:
+        return self._registry.node_id
+
+    def _keys(self, agent_id: str) -> tuple[str, str]:
+        return f"{self._prefix}{agent_id}/epoch", f"{self._prefix}{agent_id}/session"
+
+    def _write(self, record: AgentRecord) -> AgentRecord:
+        stamped = self._registry.write_agent(record)
+        self._on_write()
+        return stamped
+
+    async def _bump_epoch(self, agent_id: str, *, hold: bool) -> int | None:
+        """One transaction: the next epoch for `agent_id`, and with `hold` its session here.
+
+        None when reaping (not `hold`) and another node bumped the epoch first."""
+        epoch_key, session_key = self._keys(agent_id)
+        held = self._registry.agent(agent_id)
+        known = held.epoch if held is not None else 0
+        for _ in range(LOGIN_ATTEMPTS):
+            current = await self._etcd.get(epoch_key)
+            epoch = max(int(current.value) if current else 0, known) + 1
+            session = json.dumps({"node": self.node_id, "epoch": epoch}).encode()
+            also = [(session_key, session, True)] if hold else []
+            if await self._etcd.put_if(
+                epoch_key,
+                str(epoch).encode(),
+                mod_revision=current.mod_revision if current else 0,
+                also=also,
+            ):
+                return epoch
+            if not hold:
+                return None  # reaping: someone else acted first
+        raise SessionError(f"agent {agent_id}: login lost {LOGIN_ATTEMPTS} races; try again")
+
+    async def login(self, agent_id: str, profile: Profile) -> AgentRecord:
+        if self.fenced:
+            raise Fenced(f"node {self.node_id} holds no etcd lease; log in at another node")
+        epoch = await self._bump_epoch(agent_id, hold=True)
+        assert epoch is not None  # holding never gives up: it raises after LOGIN_ATTEMPTS
+        self.held[agent_id] = epoch
+        record = self._write(
+            AgentRecord(
+                agent_id=agent_id,
+                home_node=self.node_id,
+                site=self._site,
+                trust=self._trust,
+                tier=profile.tier,
+                skills=profile.skills,
+                state=AgentState.AVAILABLE,
+                state_since_ms=_now_ms(),
+                capacity=profile.capacity,
+                epoch=epoch,
+            )
+        )
+        log.info("agent %s logged in at %s (epoch %d)", agent_id, self.node_id, epoch)
+        return record
+
+    def _held_record(self, agent_id: str) -> AgentRecord:
+        if self.fenced:
+            raise Fenced(f"node {self.node_id} holds no etcd lease")
+        record = self._registry.agent(agent_id)
+        epoch = self.held.get(agent_id)
+        if epoch is not None and record is not None and record.epoch > epoch:
+            del self.held[agent_id]  # a login elsewhere (maybe another site) took it over
+            log.info("agent %s taken over at epoch %d; dropped here", agent_id, record.epoch)
+        if agent_id not in self.held or record is None:
+            raise NotHeldHere(f"agent {agent_id} has no session at node {self.node_id}")
+        return record
+
+    def set_state(self, agent_id: str, state: AgentState, reason: str = "") -> AgentRecord:
+        record = self._held_record(agent_id)
+        if state is AgentState.OFFLINE:
+            raise SessionError("log out to go offline")
+        updated = self._write(replace(record, state=state, reason=reason, state_since_ms=_now_ms()))
+        log.info("agent %s %s -> %s", agent_id, record.state.name, state.name)
+        return updated
+
+    async def logout(self, agent_id: str) -> AgentRecord:
+        record = self._held_record(agent_id)
+        del self.held[agent_id]
+        offline = self._write(
+            replace(record, state=AgentState.OFFLINE, reason="", state_since_ms=_now_ms())
+        )
+        _epoch_key, session_key = self._keys(agent_id)
+        current = await self._etcd.get(session_key)
+        if current is not None and json.loads(current.value).get("node") == self.node_id:
+            await self._etcd.delete(session_key)
+        log.info("agent %s logged out of %s", agent_id, self.node_id)
+        return offline
+
+    async def leave(self) -> None:
+        """Log every held agent out (a clean shutdown)."""
+        for agent_id in list(self.held):
+            try:
+                await self.logout(agent_id)
+            except (SessionError, RegistryError) as error:
+                log.warning("agent %s: logout on leave failed: %s", agent_id, error)
+
+    def fence(self) -> None:
+        """The lease is lost: drop every session (their keys die with the lease) and stop acting."""
+        if self.held:
+            log.warning("node %s fenced: dropping sessions %s", self.node_id, sorted(self.held))
+        self._fenced = True
+        self.held.clear()
+
+    def unfence(self) -> None:
+        self._fenced = False
+
+    async def watch(self) -> None:
+        """Follow the site's session keys until cancelled."""
+        while True:
+            _, revision = await self._etcd.get_prefix(self._prefix)
+            try:
+                async for event in self._etcd.watch_prefix(self._prefix, revision + 1):
+                    if event.key.endswith("/session"):
+                        agent_id = event.key.removeprefix(self._prefix).removesuffix("/session")
+                        if event.kind is EventKind.PUT:
+                            self._session_moved(agent_id, event.value)
+                        else:
+                            await self._session_gone(agent_id)
+            except WatchCompacted:
+                log.warning("session watch %s compacted; re-reading", self._prefix)
+
+    def _session_moved(self, agent_id: str, value: bytes) -> None:
+        try:
+            session = json.loads(value)
+            node, epoch = str(session["node"]), int(session["epoch"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("agent %s: unreadable session key; ignored", agent_id)
+            return
+        mine = self.held.get(agent_id)
+        if mine is not None and node != self.node_id and epoch > mine:
+            del self.held[agent_id]
+            log.info("agent %s session moved to %s (epoch %d); dropped here", agent_id, node, epoch)
+
+    async def _session_gone(self, agent_id: str) -> None:
+        if self.fenced or agent_id in self.held:
+            return
+        record = self._registry.agent(agent_id)
+        if record is not None and record.state is AgentState.OFFLINE:
+            return  # a clean logout
+        await asyncio.sleep(0)
+        epoch = await self._bump_epoch(agent_id, hold=False)
+        if epoch is None:
+            return
+        base = record or AgentRecord(
+            agent_id, self.node_id, self._site, self._trust, 1, (), AgentState.OFFLINE
+        )
+        self._write(
+            replace(
+                base,
+                home_node=self.node_id,
+                state=AgentState.OFFLINE,
+                reason="",
+                active_calls=0,
+                state_since_ms=_now_ms(),
+                epoch=epoch,
+            )
+        )
+        log.info("agent %s: session lease expired; marked offline (epoch %d)", agent_id, epoch)
