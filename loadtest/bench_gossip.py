@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from functools import partial
 
 from node.gossip import Gossip, GossipTimers
-from registry.records import AgentRecord, AgentState, QueueSummary, Trust
+from registry.records import AgentRecord, AgentState, NodeInfo, QueueSummary, Trust
 from registry.registry import Registry
 
 SITES = {"site-a": ["site-a-n1", "site-a-n2"], "site-b": ["site-b-n1", "site-b-n2"]}
@@ -45,9 +45,13 @@ class TimedRegistry(Registry):
         self.arrived: float | None = None
 
     def apply(
-        self, agents: Iterable[AgentRecord], queues: Iterable[QueueSummary], source: str
+        self,
+        agents: Iterable[AgentRecord],
+        queues: Iterable[QueueSummary],
+        source: str,
+        nodes: Iterable[NodeInfo] = (),
     ) -> int:
-        changed = super().apply(agents, queues, source)
+        changed = super().apply(agents, queues, source, nodes)
         if self.watch is not None and self.arrived is None:
             record = self.agent(self.watch[0])
             if record is not None and record.clock >= self.watch[1]:

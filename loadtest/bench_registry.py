@@ -30,14 +30,17 @@ TARGETS = {
 
 
 def _record(rnd: random.Random, i: int, home: str) -> AgentRecord:
+    """Agent i in a random state; its skills are its own (3 of SKILLS), as in a real center,
+    where an agent's skills stay put while its state changes."""
     state = rnd.choice(list(AgentState))
-    skills = tuple(sorted((s, rnd.randint(1, 10)) for s in rnd.sample(SKILLS, 3)))
+    own = random.Random(i)
+    skills = tuple(sorted((s, own.randint(1, 10)) for s in own.sample(SKILLS, 3)))
     return AgentRecord(
         agent_id=f"agent-{i:05d}",
         home_node=home,
         site="site-a",
         trust=Trust.INHOUSE,
-        tier=rnd.randint(1, 2),
+        tier=1 + i % 2,
         skills=skills,
         state=state,
         reason="break" if state is AgentState.NOT_READY else "",

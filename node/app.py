@@ -23,6 +23,7 @@ from node.http_api import make_app
 from node.membership import Member, Membership
 from node.sessions import Sessions
 from registry.clock import HybridClock
+from registry.records import NodeInfo
 from registry.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,7 @@ class Node:
             self.http_address = f"{host}:{port}"
             me = Member(config.node_id, self.gossip.address, self.http_address, config.gateway)
             membership = Membership(etcd, config.site, me, self._peers_changed)
+            self._announce(up=True)
             await membership.register()
             self._sessions, self._membership = sessions, membership
             sessions.unfence()
@@ -147,9 +149,26 @@ class Node:
             await stop.wait()
             log.info("node %s leaving", config.node_id)
             await sessions.leave()
+            self._announce(up=False)
             await asyncio.sleep(LEAVE_FLUSH_S)
             with contextlib.suppress(Exception):
                 await membership.deregister()
+
+    def _announce(self, *, up: bool) -> None:
+        """Tell every site, through the registry, where this node listens (or that it left)."""
+        config = self.config
+        self.registry.write_node(
+            NodeInfo(
+                config.node_id,
+                config.site,
+                config.trust,
+                self.gossip.address,
+                self.http_address,
+                config.gateway,
+                up,
+            )
+        )
+        self.gossip.changed()
 
     async def _cancel_tasks(self) -> None:
         tasks = list(self._tasks)

@@ -281,7 +281,7 @@ class Gossip:
         peer.peer_id = answer.entries.sender
         if len(answer.entries):
             self.apply(answer.entries)
-        back = self.registry.entries_in(answer.need_agent_buckets, answer.need_queue_buckets)
+        back = self.registry.entries_needed(answer)
         for part in _split(back):
             await self._push(stub, part)
         peer.watermark = max(peer.watermark or 0, seq)
@@ -291,7 +291,7 @@ class Gossip:
         peer.next_digest = time.monotonic() + self._timers.digest_interval_s
 
     def apply_chunk(self, chunk: StateChunk) -> None:
-        self.apply(Delta(chunk.sender, 0, 0, chunk.agents, chunk.queues))
+        self.apply(Delta(chunk.sender, 0, 0, chunk.agents, chunk.queues, chunk.nodes))
 
 
 def _split(delta: Delta) -> list[Delta]:
@@ -304,5 +304,9 @@ def _split(delta: Delta) -> list[Delta]:
     parts += [
         Delta(delta.sender, 0, 0, queues=delta.queues[i : i + step])
         for i in range(0, len(delta.queues), step)
+    ]
+    parts += [
+        Delta(delta.sender, 0, 0, nodes=delta.nodes[i : i + step])
+        for i in range(0, len(delta.nodes), step)
     ]
     return parts

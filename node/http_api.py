@@ -13,7 +13,14 @@ from aiohttp import web
 
 from node.sessions import Profile, Sessions
 from registry.errors import InvalidRecord
-from registry.records import AgentRecord, AgentState, QueueSummary, check_id, skills_from
+from registry.records import (
+    AgentRecord,
+    AgentState,
+    NodeInfo,
+    QueueSummary,
+    check_id,
+    skills_from,
+)
 from registry.registry import Registry
 
 MAX_BODY = 64 * 1024
@@ -56,6 +63,18 @@ def agent_json(record: AgentRecord) -> dict[str, Any]:
         "capacity": record.capacity,
         "active_calls": record.active_calls,
         "epoch": record.epoch,
+    }
+
+
+def node_json(info: NodeInfo) -> dict[str, Any]:
+    return {
+        "node_id": info.node_id,
+        "site": info.site,
+        "trust": info.trust.name.lower(),
+        "grpc": info.grpc,
+        "http": info.http,
+        "gateway": info.gateway,
+        "up": info.up,
     }
 
 
@@ -139,6 +158,7 @@ def make_app(
                 "node": registry.node_id,
                 "agents": [agent_json(a) for a in sorted(registry.agents(), key=_by_id)],
                 "queues": [queue_json(q) for q in sorted(registry.queues(), key=_by_key)],
+                "nodes": [node_json(n) for n in sorted(registry.nodes(), key=_by_node)],
             }
         )
 
@@ -187,6 +207,10 @@ def make_app(
 
 def _by_id(record: AgentRecord) -> str:
     return record.agent_id
+
+
+def _by_node(info: NodeInfo) -> str:
+    return info.node_id
 
 
 def _by_key(summary: QueueSummary) -> tuple[str, str]:

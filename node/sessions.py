@@ -2,7 +2,8 @@
 
 Keys, per agent, in the site's etcd:
 - `/callmesh/sites/{site}/agents/{agent}/epoch`: the last epoch issued (no lease; only grows)
-- `/callmesh/sites/{site}/agents/{agent}/session`: {"node", "epoch"} under the holder's lease
+- `/callmesh/sites/{site}/agents/{agent}/session`: {"node", "epoch"} under the holder's lease,
+  or, after a logout, {"node", "epoch", "out": true} with no lease
 
 A login bumps the epoch and writes the session in one transaction on the epoch key's revision,
 so one login wins; the registry record carries the epoch, and a higher epoch beats any write of
@@ -169,10 +170,14 @@ class Sessions:
         offline = self._write(
             replace(record, state=AgentState.OFFLINE, reason="", state_since_ms=_now_ms())
         )
-        _epoch_key, session_key = self._keys(agent_id)
+        _, session_key = self._keys(agent_id)
         current = await self._etcd.get(session_key)
         if current is not None and json.loads(current.value).get("node") == self.node_id:
-            await self._etcd.delete(session_key)
+            # A logged-out marker, not a delete: a delete means "lease expired" to the reapers.
+            marker = {"node": self.node_id, "epoch": record.epoch, "out": True}
+            await self._etcd.put_if(
+                session_key, json.dumps(marker).encode(), mod_revision=current.mod_revision
+            )
         log.info("agent %s logged out of %s", agent_id, self.node_id)
         return offline
 
@@ -217,7 +222,7 @@ class Sessions:
             log.warning("agent %s: unreadable session key; ignored", agent_id)
             return
         mine = self.held.get(agent_id)
-        if mine is not None and node != self.node_id and epoch > mine:
+        if mine is not None and node != self.node_id and epoch > mine and not session.get("out"):
             del self.held[agent_id]
             log.info("agent %s session moved to %s (epoch %d); dropped here", agent_id, node, epoch)
 

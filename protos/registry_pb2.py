@@ -24,35 +24,37 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/registry.proto\x12\x14\x63\x61llmesh.registry.v1\"$\n\x05Skill\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05level\x18\x02 \x01(\r\"\xc6\x02\n\x0b\x41gentRecord\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x11\n\thome_node\x18\x02 \x01(\t\x12\x0c\n\x04site\x18\x03 \x01(\t\x12*\n\x05trust\x18\x04 \x01(\x0e\x32\x1b.callmesh.registry.v1.Trust\x12\x0c\n\x04tier\x18\x05 \x01(\r\x12+\n\x06skills\x18\x06 \x03(\x0b\x32\x1b.callmesh.registry.v1.Skill\x12/\n\x05state\x18\x07 \x01(\x0e\x32 .callmesh.registry.v1.AgentState\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x16\n\x0estate_since_ms\x18\t \x01(\x04\x12\x10\n\x08\x63\x61pacity\x18\n \x01(\r\x12\x14\n\x0c\x61\x63tive_calls\x18\x0b \x01(\r\x12\r\n\x05\x65poch\x18\x0c \x01(\x04\x12\r\n\x05\x63lock\x18\r \x01(\x04\"\xb0\x01\n\x0cQueueSummary\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0f\n\x07waiting\x18\x03 \x01(\r\x12\x17\n\x0foldest_since_ms\x18\x04 \x01(\x04\x12\x14\n\x0ctop_priority\x18\x05 \x01(\x05\x12\x34\n\x0frequired_skills\x18\x06 \x03(\x0b\x32\x1b.callmesh.registry.v1.Skill\x12\r\n\x05\x63lock\x18\x07 \x01(\x04\"\xa0\x01\n\x05\x44\x65lta\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x10\n\x08\x66rom_seq\x18\x02 \x01(\x04\x12\x0e\n\x06to_seq\x18\x03 \x01(\x04\x12\x31\n\x06\x61gents\x18\x04 \x03(\x0b\x32!.callmesh.registry.v1.AgentRecord\x12\x32\n\x06queues\x18\x05 \x03(\x0b\x32\".callmesh.registry.v1.QueueSummary\"S\n\x06\x44igest\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x15\n\ragent_buckets\x18\x03 \x03(\x06\x12\x15\n\rqueue_buckets\x18\x04 \x03(\x06\"v\n\x0eReconciliation\x12,\n\x07\x65ntries\x18\x01 \x01(\x0b\x32\x1b.callmesh.registry.v1.Delta\x12\x1a\n\x12need_agent_buckets\x18\x02 \x03(\r\x12\x1a\n\x12need_queue_buckets\x18\x03 \x03(\r\"\xae\x01\n\nStateChunk\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\r\n\x05index\x18\x03 \x01(\r\x12\r\n\x05\x63ount\x18\x04 \x01(\r\x12\x31\n\x06\x61gents\x18\x05 \x03(\x0b\x32!.callmesh.registry.v1.AgentRecord\x12\x32\n\x06queues\x18\x06 \x03(\x0b\x32\".callmesh.registry.v1.QueueSummary\"$\n\x03\x41\x63k\x12\x10\n\x08receiver\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"%\n\x10\x46ullStateRequest\x12\x11\n\trequester\x18\x01 \x01(\t*D\n\x05Trust\x12\x15\n\x11TRUST_UNSPECIFIED\x10\x00\x12\x11\n\rTRUST_INHOUSE\x10\x01\x12\x11\n\rTRUST_PARTNER\x10\x02*\xc4\x01\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41GENT_STATE_OFFLINE\x10\x01\x12\x19\n\x15\x41GENT_STATE_AVAILABLE\x10\x02\x12\x18\n\x14\x41GENT_STATE_RESERVED\x10\x03\x12\x17\n\x13\x41GENT_STATE_TALKING\x10\x04\x12\x17\n\x13\x41GENT_STATE_WRAP_UP\x10\x05\x12\x19\n\x15\x41GENT_STATE_NOT_READY\x10\x06\x32\xf2\x01\n\x06Gossip\x12>\n\x04Push\x12\x1b.callmesh.registry.v1.Delta\x1a\x19.callmesh.registry.v1.Ack\x12O\n\tReconcile\x12\x1c.callmesh.registry.v1.Digest\x1a$.callmesh.registry.v1.Reconciliation\x12W\n\tFullState\x12&.callmesh.registry.v1.FullStateRequest\x1a .callmesh.registry.v1.StateChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/registry.proto\x12\x14\x63\x61llmesh.registry.v1\"$\n\x05Skill\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05level\x18\x02 \x01(\r\"\xc6\x02\n\x0b\x41gentRecord\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x11\n\thome_node\x18\x02 \x01(\t\x12\x0c\n\x04site\x18\x03 \x01(\t\x12*\n\x05trust\x18\x04 \x01(\x0e\x32\x1b.callmesh.registry.v1.Trust\x12\x0c\n\x04tier\x18\x05 \x01(\r\x12+\n\x06skills\x18\x06 \x03(\x0b\x32\x1b.callmesh.registry.v1.Skill\x12/\n\x05state\x18\x07 \x01(\x0e\x32 .callmesh.registry.v1.AgentState\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x16\n\x0estate_since_ms\x18\t \x01(\x04\x12\x10\n\x08\x63\x61pacity\x18\n \x01(\r\x12\x14\n\x0c\x61\x63tive_calls\x18\x0b \x01(\r\x12\r\n\x05\x65poch\x18\x0c \x01(\x04\x12\r\n\x05\x63lock\x18\r \x01(\x04\"\xb0\x01\n\x0cQueueSummary\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0f\n\x07waiting\x18\x03 \x01(\r\x12\x17\n\x0foldest_since_ms\x18\x04 \x01(\x04\x12\x14\n\x0ctop_priority\x18\x05 \x01(\x05\x12\x34\n\x0frequired_skills\x18\x06 \x03(\x0b\x32\x1b.callmesh.registry.v1.Skill\x12\r\n\x05\x63lock\x18\x07 \x01(\x04\"\x9d\x01\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04site\x18\x02 \x01(\t\x12*\n\x05trust\x18\x03 \x01(\x0e\x32\x1b.callmesh.registry.v1.Trust\x12\x0c\n\x04grpc\x18\x04 \x01(\t\x12\x0c\n\x04http\x18\x05 \x01(\t\x12\x0f\n\x07gateway\x18\x06 \x01(\x08\x12\n\n\x02up\x18\x07 \x01(\x08\x12\r\n\x05\x63lock\x18\x08 \x01(\x04\"\xcf\x01\n\x05\x44\x65lta\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x10\n\x08\x66rom_seq\x18\x02 \x01(\x04\x12\x0e\n\x06to_seq\x18\x03 \x01(\x04\x12\x31\n\x06\x61gents\x18\x04 \x03(\x0b\x32!.callmesh.registry.v1.AgentRecord\x12\x32\n\x06queues\x18\x05 \x03(\x0b\x32\".callmesh.registry.v1.QueueSummary\x12-\n\x05nodes\x18\x06 \x03(\x0b\x32\x1e.callmesh.registry.v1.NodeInfo\"i\n\x06\x44igest\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x15\n\ragent_buckets\x18\x03 \x03(\x06\x12\x15\n\rqueue_buckets\x18\x04 \x03(\x06\x12\x14\n\x0cnode_buckets\x18\x05 \x03(\x06\"\x91\x01\n\x0eReconciliation\x12,\n\x07\x65ntries\x18\x01 \x01(\x0b\x32\x1b.callmesh.registry.v1.Delta\x12\x1a\n\x12need_agent_buckets\x18\x02 \x03(\r\x12\x1a\n\x12need_queue_buckets\x18\x03 \x03(\r\x12\x19\n\x11need_node_buckets\x18\x04 \x03(\r\"\xdd\x01\n\nStateChunk\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\r\n\x05index\x18\x03 \x01(\r\x12\r\n\x05\x63ount\x18\x04 \x01(\r\x12\x31\n\x06\x61gents\x18\x05 \x03(\x0b\x32!.callmesh.registry.v1.AgentRecord\x12\x32\n\x06queues\x18\x06 \x03(\x0b\x32\".callmesh.registry.v1.QueueSummary\x12-\n\x05nodes\x18\x07 \x03(\x0b\x32\x1e.callmesh.registry.v1.NodeInfo\"$\n\x03\x41\x63k\x12\x10\n\x08receiver\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"%\n\x10\x46ullStateRequest\x12\x11\n\trequester\x18\x01 \x01(\t*D\n\x05Trust\x12\x15\n\x11TRUST_UNSPECIFIED\x10\x00\x12\x11\n\rTRUST_INHOUSE\x10\x01\x12\x11\n\rTRUST_PARTNER\x10\x02*\xc4\x01\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41GENT_STATE_OFFLINE\x10\x01\x12\x19\n\x15\x41GENT_STATE_AVAILABLE\x10\x02\x12\x18\n\x14\x41GENT_STATE_RESERVED\x10\x03\x12\x17\n\x13\x41GENT_STATE_TALKING\x10\x04\x12\x17\n\x13\x41GENT_STATE_WRAP_UP\x10\x05\x12\x19\n\x15\x41GENT_STATE_NOT_READY\x10\x06\x32\xf2\x01\n\x06Gossip\x12>\n\x04Push\x12\x1b.callmesh.registry.v1.Delta\x1a\x19.callmesh.registry.v1.Ack\x12O\n\tReconcile\x12\x1c.callmesh.registry.v1.Digest\x1a$.callmesh.registry.v1.Reconciliation\x12W\n\tFullState\x12&.callmesh.registry.v1.FullStateRequest\x1a .callmesh.registry.v1.StateChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.registry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRUST']._serialized_start=1215
-  _globals['_TRUST']._serialized_end=1283
-  _globals['_AGENTSTATE']._serialized_start=1286
-  _globals['_AGENTSTATE']._serialized_end=1482
+  _globals['_TRUST']._serialized_start=1519
+  _globals['_TRUST']._serialized_end=1587
+  _globals['_AGENTSTATE']._serialized_start=1590
+  _globals['_AGENTSTATE']._serialized_end=1786
   _globals['_SKILL']._serialized_start=47
   _globals['_SKILL']._serialized_end=83
   _globals['_AGENTRECORD']._serialized_start=86
   _globals['_AGENTRECORD']._serialized_end=412
   _globals['_QUEUESUMMARY']._serialized_start=415
   _globals['_QUEUESUMMARY']._serialized_end=591
-  _globals['_DELTA']._serialized_start=594
-  _globals['_DELTA']._serialized_end=754
-  _globals['_DIGEST']._serialized_start=756
-  _globals['_DIGEST']._serialized_end=839
-  _globals['_RECONCILIATION']._serialized_start=841
-  _globals['_RECONCILIATION']._serialized_end=959
-  _globals['_STATECHUNK']._serialized_start=962
-  _globals['_STATECHUNK']._serialized_end=1136
-  _globals['_ACK']._serialized_start=1138
-  _globals['_ACK']._serialized_end=1174
-  _globals['_FULLSTATEREQUEST']._serialized_start=1176
-  _globals['_FULLSTATEREQUEST']._serialized_end=1213
-  _globals['_GOSSIP']._serialized_start=1485
-  _globals['_GOSSIP']._serialized_end=1727
+  _globals['_NODEINFO']._serialized_start=594
+  _globals['_NODEINFO']._serialized_end=751
+  _globals['_DELTA']._serialized_start=754
+  _globals['_DELTA']._serialized_end=961
+  _globals['_DIGEST']._serialized_start=963
+  _globals['_DIGEST']._serialized_end=1068
+  _globals['_RECONCILIATION']._serialized_start=1071
+  _globals['_RECONCILIATION']._serialized_end=1216
+  _globals['_STATECHUNK']._serialized_start=1219
+  _globals['_STATECHUNK']._serialized_end=1440
+  _globals['_ACK']._serialized_start=1442
+  _globals['_ACK']._serialized_end=1478
+  _globals['_FULLSTATEREQUEST']._serialized_start=1480
+  _globals['_FULLSTATEREQUEST']._serialized_end=1517
+  _globals['_GOSSIP']._serialized_start=1789
+  _globals['_GOSSIP']._serialized_end=2031
 # @@protoc_insertion_point(module_scope)

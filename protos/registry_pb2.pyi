@@ -197,6 +197,53 @@ class QueueSummary(_message.Message):
 Global___QueueSummary: _TypeAlias = QueueSummary  # noqa: Y015
 
 @_typing.final
+class NodeInfo(_message.Message):
+    """One node's addresses, written only by that node; merged by the highest
+    (clock, node_id). How nodes learn the members of other sites.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    SITE_FIELD_NUMBER: _builtins.int
+    TRUST_FIELD_NUMBER: _builtins.int
+    GRPC_FIELD_NUMBER: _builtins.int
+    HTTP_FIELD_NUMBER: _builtins.int
+    GATEWAY_FIELD_NUMBER: _builtins.int
+    UP_FIELD_NUMBER: _builtins.int
+    CLOCK_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    site: _builtins.str
+    trust: Global___Trust.ValueType
+    grpc: _builtins.str
+    """host:port"""
+    http: _builtins.str
+    """host:port"""
+    gateway: _builtins.bool
+    up: _builtins.bool
+    """false once the node has left"""
+    clock: _builtins.int
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        site: _builtins.str = ...,
+        trust: Global___Trust.ValueType = ...,
+        grpc: _builtins.str = ...,
+        http: _builtins.str = ...,
+        gateway: _builtins.bool = ...,
+        up: _builtins.bool = ...,
+        clock: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "gateway", b"gateway", "grpc", b"grpc", "http", b"http", "node_id", b"node_id", "site", b"site", "trust", b"trust", "up", b"up"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeInfo: _TypeAlias = NodeInfo  # noqa: Y015
+
+@_typing.final
 class Delta(_message.Message):
     """Entries that changed in the sender's replica after `from_seq` up to and
     including `to_seq` (the sender's own change counter).
@@ -209,6 +256,7 @@ class Delta(_message.Message):
     TO_SEQ_FIELD_NUMBER: _builtins.int
     AGENTS_FIELD_NUMBER: _builtins.int
     QUEUES_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
     sender: _builtins.str
     from_seq: _builtins.int
     to_seq: _builtins.int
@@ -216,6 +264,8 @@ class Delta(_message.Message):
     def agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentRecord]: ...
     @_builtins.property
     def queues(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueueSummary]: ...
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeInfo]: ...
     def __init__(
         self,
         *,
@@ -224,10 +274,11 @@ class Delta(_message.Message):
         to_seq: _builtins.int = ...,
         agents: _abc.Iterable[Global___AgentRecord] | None = ...,
         queues: _abc.Iterable[Global___QueueSummary] | None = ...,
+        nodes: _abc.Iterable[Global___NodeInfo] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "from_seq", b"from_seq", "queues", b"queues", "sender", b"sender", "to_seq", b"to_seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "from_seq", b"from_seq", "nodes", b"nodes", "queues", b"queues", "sender", b"sender", "to_seq", b"to_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -243,12 +294,15 @@ class Digest(_message.Message):
     SEQ_FIELD_NUMBER: _builtins.int
     AGENT_BUCKETS_FIELD_NUMBER: _builtins.int
     QUEUE_BUCKETS_FIELD_NUMBER: _builtins.int
+    NODE_BUCKETS_FIELD_NUMBER: _builtins.int
     sender: _builtins.str
     seq: _builtins.int
     @_builtins.property
     def agent_buckets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
     def queue_buckets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def node_buckets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
         self,
         *,
@@ -256,10 +310,11 @@ class Digest(_message.Message):
         seq: _builtins.int = ...,
         agent_buckets: _abc.Iterable[_builtins.int] | None = ...,
         queue_buckets: _abc.Iterable[_builtins.int] | None = ...,
+        node_buckets: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_buckets", b"agent_buckets", "queue_buckets", b"queue_buckets", "sender", b"sender", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_buckets", b"agent_buckets", "node_buckets", b"node_buckets", "queue_buckets", b"queue_buckets", "sender", b"sender", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -276,22 +331,26 @@ class Reconciliation(_message.Message):
     ENTRIES_FIELD_NUMBER: _builtins.int
     NEED_AGENT_BUCKETS_FIELD_NUMBER: _builtins.int
     NEED_QUEUE_BUCKETS_FIELD_NUMBER: _builtins.int
+    NEED_NODE_BUCKETS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def entries(self) -> Global___Delta: ...
     @_builtins.property
     def need_agent_buckets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
     def need_queue_buckets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def need_node_buckets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
         self,
         *,
         entries: Global___Delta | None = ...,
         need_agent_buckets: _abc.Iterable[_builtins.int] | None = ...,
         need_queue_buckets: _abc.Iterable[_builtins.int] | None = ...,
+        need_node_buckets: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "need_agent_buckets", b"need_agent_buckets", "need_queue_buckets", b"need_queue_buckets"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "need_agent_buckets", b"need_agent_buckets", "need_node_buckets", b"need_node_buckets", "need_queue_buckets", b"need_queue_buckets"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -309,6 +368,7 @@ class StateChunk(_message.Message):
     COUNT_FIELD_NUMBER: _builtins.int
     AGENTS_FIELD_NUMBER: _builtins.int
     QUEUES_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
     sender: _builtins.str
     seq: _builtins.int
     """the sender's change counter when the transfer began"""
@@ -318,6 +378,8 @@ class StateChunk(_message.Message):
     def agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentRecord]: ...
     @_builtins.property
     def queues(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueueSummary]: ...
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeInfo]: ...
     def __init__(
         self,
         *,
@@ -327,10 +389,11 @@ class StateChunk(_message.Message):
         count: _builtins.int = ...,
         agents: _abc.Iterable[Global___AgentRecord] | None = ...,
         queues: _abc.Iterable[Global___QueueSummary] | None = ...,
+        nodes: _abc.Iterable[Global___NodeInfo] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "count", b"count", "index", b"index", "queues", b"queues", "sender", b"sender", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "count", b"count", "index", b"index", "nodes", b"nodes", "queues", b"queues", "sender", b"sender", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

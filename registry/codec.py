@@ -14,7 +14,15 @@ from google.protobuf.message import DecodeError, Message
 
 from protos import registry_pb2 as pb
 from registry.errors import InvalidRecord, MalformedMessage
-from registry.records import AgentRecord, AgentState, QueueSummary, Skills, Trust, check_id
+from registry.records import (
+    AgentRecord,
+    AgentState,
+    NodeInfo,
+    QueueSummary,
+    Skills,
+    Trust,
+    check_id,
+)
 from registry.sync import Delta, Digest, Reconciliation, StateChunk
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -110,6 +118,35 @@ def queue_from_wire(message: pb.QueueSummary) -> QueueSummary:
     )
 
 
+def node_to_wire(info: NodeInfo) -> pb.NodeInfo:
+    return pb.NodeInfo(
+        node_id=info.node_id,
+        site=info.site,
+        trust=_TRUST_TO_WIRE[info.trust],
+        grpc=info.grpc,
+        http=info.http,
+        gateway=info.gateway,
+        up=info.up,
+        clock=info.clock,
+    )
+
+
+def node_from_wire(message: pb.NodeInfo) -> NodeInfo:
+    trust = _TRUST_FROM_WIRE.get(message.trust)
+    if trust is None:
+        raise InvalidRecord(f"unknown trust value {message.trust}")
+    return NodeInfo(
+        node_id=message.node_id,
+        site=message.site,
+        trust=trust,
+        grpc=message.grpc,
+        http=message.http,
+        gateway=message.gateway,
+        up=message.up,
+        clock=message.clock,
+    )
+
+
 def _decode_all(what: str, items: Sequence[M], convert: Callable[[M], T]) -> tuple[T, ...]:
     if len(items) > MAX_MESSAGE_ENTRIES:
         raise MalformedMessage(
@@ -147,6 +184,7 @@ def delta_to_wire(delta: Delta) -> pb.Delta:
         to_seq=delta.to_seq,
         agents=[agent_to_wire(a) for a in delta.agents],
         queues=[queue_to_wire(q) for q in delta.queues],
+        nodes=[node_to_wire(n) for n in delta.nodes],
     )
 
 
@@ -162,6 +200,7 @@ def delta_from_wire(message: pb.Delta) -> Delta:
         to_seq=message.to_seq,
         agents=_decode_all(f"delta from {message.sender}: agents", message.agents, agent_from_wire),
         queues=_decode_all(f"delta from {message.sender}: queues", message.queues, queue_from_wire),
+        nodes=_decode_all(f"delta from {message.sender}: nodes", message.nodes, node_from_wire),
     )
 
 
@@ -171,12 +210,17 @@ def digest_to_wire(digest: Digest) -> pb.Digest:
         seq=digest.seq,
         agent_buckets=digest.agent_buckets,
         queue_buckets=digest.queue_buckets,
+        node_buckets=digest.node_buckets,
     )
 
 
 def digest_from_wire(message: pb.Digest) -> Digest:
     _check_sender("digest", message.sender)
-    for name, buckets in (("agent", message.agent_buckets), ("queue", message.queue_buckets)):
+    for name, buckets in (
+        ("agent", message.agent_buckets),
+        ("queue", message.queue_buckets),
+        ("node", message.node_buckets),
+    ):
         if len(buckets) > MAX_BUCKETS:
             raise MalformedMessage(
                 f"digest from {message.sender}: {len(buckets)} {name} buckets, "
@@ -187,6 +231,7 @@ def digest_from_wire(message: pb.Digest) -> Digest:
         seq=message.seq,
         agent_buckets=tuple(message.agent_buckets),
         queue_buckets=tuple(message.queue_buckets),
+        node_buckets=tuple(message.node_buckets),
     )
 
 
@@ -195,6 +240,7 @@ def reconciliation_to_wire(reconciliation: Reconciliation) -> pb.Reconciliation:
         entries=delta_to_wire(reconciliation.entries),
         need_agent_buckets=reconciliation.need_agent_buckets,
         need_queue_buckets=reconciliation.need_queue_buckets,
+        need_node_buckets=reconciliation.need_node_buckets,
     )
 
 
@@ -202,6 +248,7 @@ def reconciliation_from_wire(message: pb.Reconciliation) -> Reconciliation:
     for name, buckets in (
         ("agent", message.need_agent_buckets),
         ("queue", message.need_queue_buckets),
+        ("node", message.need_node_buckets),
     ):
         if len(buckets) > MAX_BUCKETS or any(b >= MAX_BUCKETS for b in buckets):
             raise MalformedMessage(f"reconciliation: {name} bucket numbers out of range")
@@ -209,6 +256,7 @@ def reconciliation_from_wire(message: pb.Reconciliation) -> Reconciliation:
         entries=delta_from_wire(message.entries),
         need_agent_buckets=tuple(message.need_agent_buckets),
         need_queue_buckets=tuple(message.need_queue_buckets),
+        need_node_buckets=tuple(message.need_node_buckets),
     )
 
 
@@ -220,6 +268,7 @@ def chunk_to_wire(chunk: StateChunk) -> pb.StateChunk:
         count=chunk.count,
         agents=[agent_to_wire(a) for a in chunk.agents],
         queues=[queue_to_wire(q) for q in chunk.queues],
+        nodes=[node_to_wire(n) for n in chunk.nodes],
     )
 
 
@@ -238,6 +287,7 @@ def chunk_from_wire(message: pb.StateChunk) -> StateChunk:
         count=message.count,
         agents=_decode_all(f"{what}: agents", message.agents, agent_from_wire),
         queues=_decode_all(f"{what}: queues", message.queues, queue_from_wire),
+        nodes=_decode_all(f"{what}: nodes", message.nodes, node_from_wire),
     )
 
 

@@ -19,6 +19,7 @@ MAX_MS = (1 << 48) - 1
 MAX_PRIORITY = 1_000_000
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*")
+_ADDRESS = re.compile(r"(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):[0-9]{1,5}")
 _REASON = re.compile(r"[ -~]+")
 
 Skills = tuple[tuple[str, int], ...]
@@ -66,8 +67,21 @@ def check_int(kind: str, value: object, low: int, high: int) -> None:
         raise InvalidRecord(f"{kind} must be an integer in {low}-{high}, got {value!r:.40}")
 
 
+_KNOWN_SKILLS: set[Skills] = set()
+"""Skill sets already found valid: an agent's skills recur in every update of its state."""
+
+
 def check_skills(kind: str, skills: object) -> None:
     """Skills are a tuple of (name, level 1-10) pairs, sorted by name, each name once."""
+    if type(skills) is tuple and skills in _KNOWN_SKILLS:
+        return
+    _validate_skills(kind, skills)
+    if len(_KNOWN_SKILLS) >= _MAX_KNOWN_IDS:
+        _KNOWN_SKILLS.clear()
+    _KNOWN_SKILLS.add(skills)  # type: ignore[arg-type]  # validated just above
+
+
+def _validate_skills(kind: str, skills: object) -> None:
     if type(skills) is not tuple or len(skills) > MAX_SKILLS:
         raise InvalidRecord(f"{kind} must be a tuple of at most {MAX_SKILLS} (name, level) pairs")
     previous = ""
@@ -173,3 +187,42 @@ class QueueSummary:
     @property
     def version(self) -> Version:
         return (0, self.clock, self.node)
+
+
+def check_address(kind: str, value: object) -> None:
+    """host:port, with a DNS name, an IPv4 address or a bracketed IPv6 address."""
+    if (
+        type(value) is not str
+        or not _ADDRESS.fullmatch(value)
+        or int(value.rsplit(":", 1)[1]) > 65535
+    ):
+        raise InvalidRecord(f"{kind} must be host:port, got {value!r:.80}")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """Where one node listens. That node is its only writer; others learn it by gossip."""
+
+    node_id: str
+    site: str
+    trust: Trust
+    grpc: str
+    http: str
+    gateway: bool = False
+    up: bool = True
+    clock: int = 0
+
+    def __post_init__(self) -> None:
+        check_id("node_id", self.node_id)
+        check_id("site", self.site)
+        if type(self.trust) is not Trust:
+            raise InvalidRecord(f"trust must be a Trust, got {self.trust!r:.40}")
+        check_address("grpc", self.grpc)
+        check_address("http", self.http)
+        if type(self.gateway) is not bool or type(self.up) is not bool:
+            raise InvalidRecord("gateway and up must be booleans")
+        check_int("clock", self.clock, 0, MAX_U64)
+
+    @property
+    def version(self) -> Version:
+        return (0, self.clock, self.node_id)

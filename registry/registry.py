@@ -13,11 +13,12 @@ from dataclasses import replace
 from registry.clock import HybridClock
 from registry.errors import ForeignWrite, MalformedMessage, StaleEpoch
 from registry.lwwmap import LOCAL, LwwMap
-from registry.records import AgentRecord, QueueSummary, check_id
+from registry.records import AgentRecord, NodeInfo, QueueSummary, check_id
 from registry.sync import Delta, Digest, Reconciliation, StateChunk
 
 AGENT_BUCKETS = 128
 QUEUE_BUCKETS = 32
+NODE_BUCKETS = 16
 MAX_DELTA_ENTRIES = 2000
 """A peer further behind than this many changes gets the full state instead of a delta."""
 CHUNK_ENTRIES = 500
@@ -33,7 +34,8 @@ def _queue_key(key: tuple[str, str]) -> bytes:
 
 
 class Registry:
-    """Agent id -> AgentRecord and (node, queue) -> QueueSummary, as seen from `node_id`."""
+    """Agent id -> AgentRecord, (node, queue) -> QueueSummary and node id -> NodeInfo, as seen
+    from `node_id`."""
 
     def __init__(self, node_id: str, clock: HybridClock | None = None) -> None:
         check_id("node_id", node_id)
@@ -41,6 +43,7 @@ class Registry:
         self.clock = clock or HybridClock()
         self._agents: LwwMap[str, AgentRecord] = LwwMap(_agent_key, AGENT_BUCKETS)
         self._queues: LwwMap[tuple[str, str], QueueSummary] = LwwMap(_queue_key, QUEUE_BUCKETS)
+        self._nodes: LwwMap[str, NodeInfo] = LwwMap(str.encode, NODE_BUCKETS)
         self._seq = 0
 
     @property
@@ -49,8 +52,8 @@ class Registry:
         return self._seq
 
     def __len__(self) -> int:
-        """How many entries (agents and queue summaries) the replica holds."""
-        return len(self._agents) + len(self._queues)
+        """How many entries (agents, queue summaries, nodes) the replica holds."""
+        return len(self._agents) + len(self._queues) + len(self._nodes)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -60,15 +63,23 @@ class Registry:
     def queue(self, node: str, queue: str) -> QueueSummary | None:
         return self._queues.get((node, queue))
 
+    def node(self, node_id: str) -> NodeInfo | None:
+        return self._nodes.get(node_id)
+
+    def nodes(self) -> list[NodeInfo]:
+        return list(self._nodes.values())
+
     def agents(self) -> list[AgentRecord]:
         return list(self._agents.values())
 
     def queues(self) -> list[QueueSummary]:
         return list(self._queues.values())
 
-    def snapshot(self) -> tuple[dict[str, AgentRecord], dict[tuple[str, str], QueueSummary]]:
+    def snapshot(
+        self,
+    ) -> tuple[dict[str, AgentRecord], dict[tuple[str, str], QueueSummary], dict[str, NodeInfo]]:
         """Everything held, as plain dicts (for comparing replicas)."""
-        return self._agents.snapshot(), self._queues.snapshot()
+        return self._agents.snapshot(), self._queues.snapshot(), self._nodes.snapshot()
 
     # -- local writes --------------------------------------------------------------------------
 
@@ -112,10 +123,23 @@ class Registry:
         self._queues.merge(stamped.key, stamped, self._seq, LOCAL)
         return stamped
 
+    def write_node(self, info: NodeInfo) -> NodeInfo:
+        """Write where this node listens (and whether it is up), stamped with a new clock."""
+        if info.node_id != self.node_id:
+            raise ForeignWrite(f"node {self.node_id} may not write the addresses of {info.node_id}")
+        stamped = replace(info, clock=self.clock.now())
+        self._seq += 1
+        self._nodes.merge(stamped.node_id, stamped, self._seq, LOCAL)
+        return stamped
+
     # -- what peers send -----------------------------------------------------------------------
 
     def apply(
-        self, agents: Iterable[AgentRecord], queues: Iterable[QueueSummary], source: str
+        self,
+        agents: Iterable[AgentRecord],
+        queues: Iterable[QueueSummary],
+        source: str,
+        nodes: Iterable[NodeInfo] = (),
     ) -> int:
         """Merge entries that `source` sent; return how many changed this replica.
 
@@ -123,8 +147,11 @@ class Registry:
         """
         agents = tuple(agents)
         queues = tuple(queues)
+        nodes = tuple(nodes)
         newest = max(
-            max((a.clock for a in agents), default=0), max((q.clock for q in queues), default=0)
+            max((a.clock for a in agents), default=0),
+            max((q.clock for q in queues), default=0),
+            max((n.clock for n in nodes), default=0),
         )
         self.clock.check(newest)
         seq = self._seq + 1
@@ -135,16 +162,18 @@ class Registry:
         merge_queue = self._queues.merge
         for summary in queues:
             changed += merge_queue((summary.node, summary.queue), summary, seq, source)
+        for info in nodes:
+            changed += self._nodes.merge(info.node_id, info, seq, source)
         if changed:
             self._seq = seq
         self.clock.observe(newest)
         return changed
 
     def apply_delta(self, delta: Delta) -> int:
-        return self.apply(delta.agents, delta.queues, delta.sender)
+        return self.apply(delta.agents, delta.queues, delta.sender, delta.nodes)
 
     def apply_chunk(self, chunk: StateChunk) -> int:
-        return self.apply(chunk.agents, chunk.queues, chunk.sender)
+        return self.apply(chunk.agents, chunk.queues, chunk.sender, chunk.nodes)
 
     # -- sync questions ------------------------------------------------------------------------
 
@@ -156,9 +185,8 @@ class Registry:
         """
         if watermark > self._seq:
             return None
-        if self._agents.count_since(watermark) + self._queues.count_since(watermark) > (
-            MAX_DELTA_ENTRIES
-        ):
+        maps = (self._agents, self._queues, self._nodes)
+        if sum(m.count_since(watermark) for m in maps) > MAX_DELTA_ENTRIES:
             return None
         return Delta(
             sender=self.node_id,
@@ -166,6 +194,7 @@ class Registry:
             to_seq=self._seq,
             agents=tuple(self._agents.changed_since(watermark, peer)),
             queues=tuple(self._queues.changed_since(watermark, peer)),
+            nodes=tuple(self._nodes.changed_since(watermark, peer)),
         )
 
     def digest(self) -> Digest:
@@ -174,26 +203,35 @@ class Registry:
             seq=self._seq,
             agent_buckets=self._agents.bucket_hashes,
             queue_buckets=self._queues.bucket_hashes,
+            node_buckets=self._nodes.bucket_hashes,
         )
 
     def reconcile(self, digest: Digest) -> Reconciliation:
         """Answer a peer's digest: this replica's entries where the buckets differ, and which of
         the peer's buckets it needs in return."""
-        if len(digest.agent_buckets) != AGENT_BUCKETS or len(digest.queue_buckets) != QUEUE_BUCKETS:
+        counts = (len(digest.agent_buckets), len(digest.queue_buckets), len(digest.node_buckets))
+        if counts != (AGENT_BUCKETS, QUEUE_BUCKETS, NODE_BUCKETS):
             raise MalformedMessage(
-                f"digest from {digest.sender} has {len(digest.agent_buckets)} agent and "
-                f"{len(digest.queue_buckets)} queue buckets; this node uses "
-                f"{AGENT_BUCKETS} and {QUEUE_BUCKETS}"
+                f"digest from {digest.sender} has {counts[0]} agent, {counts[1]} queue and "
+                f"{counts[2]} node buckets; this node uses {AGENT_BUCKETS}, {QUEUE_BUCKETS} "
+                f"and {NODE_BUCKETS}"
             )
         agent_buckets = tuple(self._agents.differing(digest.agent_buckets))
         queue_buckets = tuple(self._queues.differing(digest.queue_buckets))
+        node_buckets = tuple(self._nodes.differing(digest.node_buckets))
         return Reconciliation(
-            entries=self.entries_in(agent_buckets, queue_buckets),
+            entries=self.entries_in(agent_buckets, queue_buckets, node_buckets),
             need_agent_buckets=agent_buckets,
             need_queue_buckets=queue_buckets,
+            need_node_buckets=node_buckets,
         )
 
-    def entries_in(self, agent_buckets: Collection[int], queue_buckets: Collection[int]) -> Delta:
+    def entries_in(
+        self,
+        agent_buckets: Collection[int],
+        queue_buckets: Collection[int],
+        node_buckets: Collection[int],
+    ) -> Delta:
         """Loose entries (a delta with no range) whose keys fall in the given buckets."""
         return Delta(
             sender=self.node_id,
@@ -201,6 +239,13 @@ class Registry:
             to_seq=0,
             agents=tuple(self._agents.in_buckets(agent_buckets)),
             queues=tuple(self._queues.in_buckets(queue_buckets)),
+            nodes=tuple(self._nodes.in_buckets(node_buckets)),
+        )
+
+    def entries_needed(self, answer: Reconciliation) -> Delta:
+        """The entries a reconciliation's responder asked for in return."""
+        return self.entries_in(
+            answer.need_agent_buckets, answer.need_queue_buckets, answer.need_node_buckets
         )
 
     def full_state(self, chunk_entries: int = CHUNK_ENTRIES) -> list[StateChunk]:
@@ -209,14 +254,25 @@ class Registry:
             raise ValueError(f"chunk_entries must be >= 1, got {chunk_entries}")
         agents = sorted(self._agents.values(), key=lambda a: a.agent_id)
         queues = sorted(self._queues.values(), key=lambda q: q.key)
-        parts: list[tuple[tuple[AgentRecord, ...], tuple[QueueSummary, ...]]] = []
+        nodes = sorted(self._nodes.values(), key=lambda n: n.node_id)
+        parts: list[Delta] = []
         for start in range(0, len(agents), chunk_entries):
-            parts.append((tuple(agents[start : start + chunk_entries]), ()))
+            parts.append(
+                Delta(self.node_id, 0, 0, agents=tuple(agents[start : start + chunk_entries]))
+            )
         for start in range(0, len(queues), chunk_entries):
-            parts.append(((), tuple(queues[start : start + chunk_entries])))
+            parts.append(
+                Delta(self.node_id, 0, 0, queues=tuple(queues[start : start + chunk_entries]))
+            )
+        for start in range(0, len(nodes), chunk_entries):
+            parts.append(
+                Delta(self.node_id, 0, 0, nodes=tuple(nodes[start : start + chunk_entries]))
+            )
         if not parts:
-            parts.append(((), ()))
+            parts.append(Delta(self.node_id, 0, 0))
         return [
-            StateChunk(self.node_id, self._seq, index, len(parts), agents=a, queues=q)
-            for index, (a, q) in enumerate(parts)
+            StateChunk(
+                self.node_id, self._seq, index, len(parts), part.agents, part.queues, part.nodes
+            )
+            for index, part in enumerate(parts)
         ]

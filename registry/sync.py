@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from registry.records import AgentRecord, QueueSummary
+from registry.records import AgentRecord, NodeInfo, QueueSummary
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,19 +19,21 @@ class Delta:
     to_seq: int
     agents: tuple[AgentRecord, ...] = ()
     queues: tuple[QueueSummary, ...] = ()
+    nodes: tuple[NodeInfo, ...] = ()
 
     def __len__(self) -> int:
-        return len(self.agents) + len(self.queues)
+        return len(self.agents) + len(self.queues) + len(self.nodes)
 
 
 @dataclass(frozen=True, slots=True)
 class Digest:
-    """One hash per bucket of agent keys and of queue keys, as of change `seq`."""
+    """One hash per bucket of agent, queue and node keys, as of change `seq`."""
 
     sender: str
     seq: int
     agent_buckets: tuple[int, ...]
     queue_buckets: tuple[int, ...]
+    node_buckets: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,7 @@ class Reconciliation:
     entries: Delta
     need_agent_buckets: tuple[int, ...]
     need_queue_buckets: tuple[int, ...]
+    need_node_buckets: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +57,4 @@ class StateChunk:
     count: int
     agents: tuple[AgentRecord, ...] = ()
     queues: tuple[QueueSummary, ...] = ()
+    nodes: tuple[NodeInfo, ...] = ()

@@ -148,6 +148,51 @@ async def test_login_spreads_to_both_sites_and_a_new_login_fences_the_old(
 
 
 @pytest.mark.slow
+async def test_members_of_other_sites_are_learned_by_gossip(two_sites: Client) -> None:
+    client = two_sites
+    plans = client.cluster.plans
+    expected = {
+        node_id: {"grpc": plan.grpc, "http": plan.http, "gateway": plan.gateway, "up": True}
+        for node_id, plan in plans.items()
+    }
+
+    async def everyone_knows_everyone() -> bool:
+        for node_id in plans:
+            _, view = await client.get(node_id, "/registry")
+            known = {
+                n["node_id"]: {k: n[k] for k in ("grpc", "http", "gateway", "up")}
+                for n in view["nodes"]
+            }
+            if known != expected:
+                return False
+        return True
+
+    await eventually(everyone_knows_everyone, 3, "every node knows every node's addresses")
+
+
+@pytest.mark.slow
+async def test_sigterm_leaves_cleanly(two_sites: Client) -> None:
+    client = two_sites
+    login = await client.login("site-b-n2", "hal")
+    survivors = [n for n in client.nodes() if n != "site-b-n2"]
+    await eventually(await seen_everywhere(client, "hal", survivors, state="available"), 3)
+    assert await client.cluster.stop_node("site-b-n2") == 0
+    # the leaving node itself wrote hal offline (same epoch: no survivor had to reap him)
+    await eventually(
+        await seen_everywhere(client, "hal", survivors, state="offline", epoch=login["epoch"]),
+        3,
+        "hal offline, written by his own node",
+    )
+
+    async def left() -> bool:
+        _, view = await client.get("site-a-n1", "/registry")
+        return any(n["node_id"] == "site-b-n2" and not n["up"] for n in view["nodes"])
+
+    await eventually(left, 3, "site-b-n2 shown as left")
+    await eventually(lambda: client.ready("site-b-n1"), 5, "site-b-n1 ready without its peer")
+
+
+@pytest.mark.slow
 async def test_killed_node_agents_go_offline_everywhere(two_sites: Client) -> None:
     client = two_sites
     await client.login("site-a-n2", "bob")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from registry.records import AgentRecord, AgentState, QueueSummary, Trust
+from registry.records import AgentRecord, AgentState, NodeInfo, QueueSummary, Trust
 
 NODES = ["n1", "n2", "n3"]
 AGENTS = [f"a{i}" for i in range(6)]
@@ -51,5 +51,19 @@ def queue_summaries(draw: st.DrawFn) -> QueueSummary:
         oldest_since_ms=draw(st.integers(0, 2**40)),
         top_priority=draw(st.integers(-5, 5)),
         required_skills=draw(skills),
+        clock=draw(st.integers(0, 2**40)),
+    )
+
+
+@st.composite
+def node_infos(draw: st.DrawFn) -> NodeInfo:
+    return NodeInfo(
+        node_id=draw(HOMES),
+        site=draw(st.sampled_from(["site-a", "site-b"])),
+        trust=draw(st.sampled_from(Trust)),
+        grpc=f"127.0.0.{draw(st.integers(1, 3))}:{draw(st.integers(1, 65535))}",
+        http=draw(st.sampled_from(["localhost:80", "[::1]:8080", "node-1.site-a.svc:8080"])),
+        gateway=draw(st.booleans()),
+        up=draw(st.booleans()),
         clock=draw(st.integers(0, 2**40)),
     )

@@ -13,7 +13,7 @@ from registry import codec
 from registry.errors import MalformedMessage
 from registry.records import AgentRecord, AgentState, QueueSummary, Trust
 from registry.sync import Delta, Digest, Reconciliation, StateChunk
-from tests.registry.strategies import agent_records, ids, queue_summaries
+from tests.registry.strategies import agent_records, ids, node_infos, queue_summaries
 
 deltas = st.builds(
     Delta,
@@ -22,6 +22,7 @@ deltas = st.builds(
     to_seq=st.integers(100, 2**63),
     agents=st.lists(agent_records(agent_ids=ids, homes=ids), max_size=5).map(tuple),
     queues=st.lists(queue_summaries(), max_size=3).map(tuple),
+    nodes=st.lists(node_infos(), max_size=2).map(tuple),
 )
 
 
@@ -34,17 +35,17 @@ def test_delta_round_trips_and_encodes_deterministically(delta: Delta) -> None:
 
 @given(ids, st.integers(0, 2**64 - 1), st.lists(st.integers(0, 2**64 - 1), max_size=64))
 def test_digest_round_trips(sender: str, seq: int, buckets: list[int]) -> None:
-    digest = Digest(sender, seq, tuple(buckets), tuple(reversed(buckets)))
+    digest = Digest(sender, seq, tuple(buckets), tuple(reversed(buckets)), tuple(buckets[:3]))
     assert codec.decode_digest(codec.encode_digest(digest)) == digest
 
 
 @given(deltas, st.lists(st.integers(0, 127), max_size=5))
 def test_reconciliation_and_chunk_round_trip(delta: Delta, buckets: list[int]) -> None:
-    loose = Delta(delta.sender, 0, 0, delta.agents, delta.queues)
-    answer = Reconciliation(loose, tuple(buckets), ())
+    loose = Delta(delta.sender, 0, 0, delta.agents, delta.queues, delta.nodes)
+    answer = Reconciliation(loose, tuple(buckets), (), tuple(buckets[:2]))
     wire = codec.reconciliation_to_wire(answer)
     assert codec.reconciliation_from_wire(wire) == answer
-    chunk = StateChunk(delta.sender, 7, 1, 2, delta.agents, delta.queues)
+    chunk = StateChunk(delta.sender, 7, 1, 2, delta.agents, delta.queues, delta.nodes)
     assert codec.decode_chunk(codec.encode_chunk(chunk)) == chunk
 
 
@@ -171,3 +172,24 @@ def test_one_agent_delta_is_small() -> None:
 def test_queue_summary_round_trip() -> None:
     summary = QueueSummary("n1", "sales", 3, 1_000, -2, (("sales", 2),), clock=9)
     assert codec.queue_from_wire(codec.queue_to_wire(summary)) == summary
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"grpc": "no-port"}, "grpc must be host:port"),
+        ({"http": "host:99999"}, "http must be host:port"),
+        ({"http": "a b:80"}, "http must be host:port"),
+        ({"trust": 9}, "unknown trust value 9"),
+        ({"node_id": ""}, "node_id must be"),
+    ],
+)
+def test_hostile_node_info_is_refused(fields: dict[str, object], message: str) -> None:
+    info = pb.NodeInfo(
+        node_id="n1", site="s", trust=pb.TRUST_PARTNER, grpc="127.0.0.1:1", http="[::1]:2"
+    )
+    for name, value in fields.items():
+        setattr(info, name, value)
+    data = pb.Delta(sender="n1", nodes=[info]).SerializeToString()
+    with pytest.raises(MalformedMessage, match=r"nodes\[0\]: " + message):
+        codec.decode_delta(data)

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from registry.clock import HybridClock, pack
 from registry.errors import ClockSkew, ForeignWrite, MalformedMessage, StaleEpoch
-from registry.records import AgentRecord, AgentState, QueueSummary, Trust
+from registry.records import AgentRecord, AgentState, NodeInfo, QueueSummary, Trust
 from registry.registry import MAX_DELTA_ENTRIES, Registry
 from registry.sync import Delta, Digest
-from tests.registry.strategies import NODES, agent_records, queue_summaries
+from tests.registry.strategies import NODES, agent_records, node_infos, queue_summaries
 
 NOW_MS = 1 << 41  # after every clock the strategies draw
 
@@ -27,15 +27,27 @@ def replica(node: str = "n0") -> Registry:
     return Registry(node, fixed_clock())
 
 
-Batch = tuple[list[AgentRecord], list[QueueSummary]]
-batches = st.tuples(st.lists(agent_records(), max_size=8), st.lists(queue_summaries(), max_size=4))
+Batch = tuple[list[AgentRecord], list[QueueSummary], list[NodeInfo]]
+batches = st.tuples(
+    st.lists(agent_records(), max_size=8),
+    st.lists(queue_summaries(), max_size=4),
+    st.lists(node_infos(), max_size=3),
+)
 
 
 def merged(*parts: Batch) -> Registry:
     registry = replica()
-    for agents, queues in parts:
-        registry.apply(agents, queues, source="peer")
+    for agents, queues, nodes in parts:
+        registry.apply(agents, queues, "peer", nodes)
     return registry
+
+
+def joined(*parts: Batch) -> Batch:
+    return (
+        [a for p in parts for a in p[0]],
+        [q for p in parts for q in p[1]],
+        [n for p in parts for n in p[2]],
+    )
 
 
 @given(batches, batches)
@@ -45,8 +57,8 @@ def test_merge_is_commutative(a: Batch, b: Batch) -> None:
 
 @given(batches, batches, batches)
 def test_merge_is_associative(a: Batch, b: Batch, c: Batch) -> None:
-    ab_c = merged((a[0] + b[0], a[1] + b[1]), c)
-    a_bc = merged(a, (b[0] + c[0], b[1] + c[1]))
+    ab_c = merged(joined(a, b), c)
+    a_bc = merged(a, joined(b, c))
     assert ab_c.snapshot() == a_bc.snapshot()
 
 
@@ -63,14 +75,14 @@ def test_higher_epoch_beats_later_clock(record: AgentRecord, extra: int) -> None
     newer_session = replace(record, epoch=record.epoch + extra, clock=0, home_node="n2")
     later_clock = replace(record, clock=record.clock + 1_000_000)
     for order in ([newer_session, later_clock], [later_clock, newer_session]):
-        registry = merged((order, []))
+        registry = merged((order, [], []))
         assert registry.agent(record.agent_id) == newer_session
 
 
 def test_version_tie_between_different_records_is_broken_deterministically() -> None:
     base = AgentRecord("a1", "n1", "site-a", Trust.INHOUSE, 1, (), AgentState.AVAILABLE, clock=5)
     other = replace(base, tier=2)
-    assert merged(([base, other], [])).snapshot() == merged(([other, base], [])).snapshot()
+    assert merged(([base, other], [], [])).snapshot() == merged(([other, base], [], [])).snapshot()
 
 
 # -- sync: any order, duplication or loss of deltas, then one digest round, converges ----------
@@ -107,7 +119,7 @@ def home_write(registry: Registry, salt: int) -> None:
 def reconcile_pair(a: Registry, b: Registry) -> None:
     answer = b.reconcile(a.digest())
     a.apply_delta(answer.entries)
-    b.apply_delta(a.entries_in(answer.need_agent_buckets, answer.need_queue_buckets))
+    b.apply_delta(a.entries_needed(answer))
 
 
 @given(ops, st.randoms(use_true_random=False))
@@ -117,7 +129,11 @@ def test_lossy_reordered_duplicated_deltas_then_one_round_converge(
     nodes = [Registry(n, fixed_clock()) for n in NODES]
     in_flight: list[tuple[int, Delta]] = []
     for op, i, j, salt in script:
-        if op == "write":
+        if op == "write" and salt % 5 == 0:
+            nodes[i].write_node(
+                NodeInfo(NODES[i], "site-a", Trust.INHOUSE, "h:1", "h:2", up=salt % 2 == 0)
+            )
+        elif op == "write":
             home_write(nodes[i], salt)
         elif op == "queue":
             nodes[i].write_queue(QueueSummary(NODES[i], f"q{salt % 2}", salt % 7, salt, 0, ()))
@@ -210,7 +226,7 @@ def test_local_write_for_an_agent_homed_elsewhere_is_refused() -> None:
     registry = replica("n1")
     with pytest.raises(ForeignWrite, match="home node n2"):
         registry.write_agent(agent("a", "n2"))
-    assert registry.snapshot() == ({}, {})
+    assert registry.snapshot() == ({}, {}, {})
 
 
 def test_local_write_over_a_foreign_session_needs_a_higher_epoch() -> None:
@@ -225,10 +241,13 @@ def test_local_write_over_a_foreign_session_needs_a_higher_epoch() -> None:
     assert taken.clock > 0
 
 
-def test_foreign_queue_summary_write_is_refused() -> None:
+def test_foreign_queue_summary_or_node_info_write_is_refused() -> None:
     registry = replica("n1")
     with pytest.raises(ForeignWrite):
         registry.write_queue(QueueSummary("n2", "sales", 1, 0, 0, ()))
+    with pytest.raises(ForeignWrite, match="addresses of n2"):
+        registry.write_node(NodeInfo("n2", "site-a", Trust.INHOUSE, "h:1", "h:2"))
+    assert len(registry) == 0
 
 
 def test_batch_with_a_timestamp_too_far_ahead_changes_nothing() -> None:
@@ -237,10 +256,10 @@ def test_batch_with_a_timestamp_too_far_ahead_changes_nothing() -> None:
     bad = agent("b", "n2", clock=pack(NOW_MS + 10_000))
     with pytest.raises(ClockSkew):
         registry.apply([good, bad], [], source="n2")
-    assert registry.snapshot() == ({}, {})
+    assert registry.snapshot() == ({}, {}, {})
     assert registry.clock.refused == 1
 
 
 def test_digest_with_other_bucket_counts_is_refused() -> None:
     with pytest.raises(MalformedMessage, match="buckets"):
-        replica().reconcile(Digest("n2", 0, (0,) * 3, (0,) * 32))
+        replica().reconcile(Digest("n2", 0, (0,) * 3, (0,) * 32, (0,) * 16))
