@@ -11,17 +11,26 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from node.agentdesk import AgentDesk
+from node.calls_api import add_call_routes
+from node.calls_rpc import CallsServicer, NodeLink
+from node.cdr import CallRecords
 from node.config import NodeConfig
 from node.etcd import Etcd
 from node.gossip import Gossip, GossipTimers
 from node.http_api import make_app
 from node.membership import Member, Membership
+from node.queues import QueueConfig, QueueFile
 from node.sessions import Sessions
+from node.switchboard import Switchboard
+from protos.calls_pb2_grpc import add_CallsServicer_to_server
 from registry.clock import HybridClock
 from registry.records import NodeInfo
 from registry.registry import Registry
@@ -40,11 +49,15 @@ class Node:
         self.registry = Registry(
             config.node_id, HybridClock(max_ahead_ms=config.max_clock_ahead_ms)
         )
+        self.desk: AgentDesk | None = None
+        self.switchboard: Switchboard | None = None
+        servicer = CallsServicer(lambda: self.desk, lambda: self.switchboard)
         self.gossip = Gossip(
             self.registry,
             config.grpc_host,
             config.grpc_port,
             GossipTimers(config.digest_interval_s, config.push_delay_s, config.rpc_timeout_s),
+            services=[lambda server: add_CallsServicer_to_server(servicer, server)],
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._etcd: Etcd | None = None
@@ -119,10 +132,42 @@ class Node:
             )
             self._etcd = await stack.enter_async_context(etcd)
             sessions = Sessions(
-                etcd, self.registry, config.site, config.trust, on_write=self.gossip.changed
+                etcd,
+                self.registry,
+                config.site,
+                config.trust,
+                on_write=self.gossip.changed,
+                on_available=self._agent_available,
             )
+            data_dir = Path(config.data_dir)
+            await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+            records = CallRecords(data_dir / "calls.db")
+            stack.callback(records.close)
+            orphans = records.close_orphans(_now_ms(), "node restarted while the call was live")
+            if orphans:
+                log.warning(
+                    "node %s closed %d calls left open as failed", config.node_id, len(orphans)
+                )
+            queues = _queue_source(config.queues_file)
+            link = NodeLink(self.registry, config.rpc_timeout_s)
+            stack.push_async_callback(link.close)
+            desk = AgentDesk(etcd, self.registry, sessions, link, queues)
+            board = Switchboard(
+                self.registry,
+                config.site,
+                records,
+                link,
+                queues,
+                self.gossip.changed,
+                rpc_timeout_s=config.rpc_timeout_s,
+            )
+            stack.push_async_callback(desk.close)
+            stack.push_async_callback(board.close)
+            link.local_desk, link.local_owner = desk, board
+            self.desk, self.switchboard = desk, board
             faults = self.gossip if config.fault_injection else None
             app = make_app(self.registry, sessions, self, faults)
+            add_call_routes(app, board, desk, records)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
@@ -139,6 +184,7 @@ class Node:
             stack.push_async_callback(self._cancel_tasks)
             self._spawn(membership.watch(), "membership watch")
             self._spawn(sessions.watch(), "session watch")
+            self._spawn(board.run(), "call routing")
             print(
                 f"node {config.node_id} site {config.site} http {self.http_address} "
                 f"grpc {self.gossip.address}",
@@ -153,6 +199,10 @@ class Node:
             await asyncio.sleep(LEAVE_FLUSH_S)
             with contextlib.suppress(Exception):
                 await membership.deregister()
+
+    def _agent_available(self, agent_id: str) -> None:
+        if self.desk is not None:
+            self.desk.freed(agent_id)
 
     def _announce(self, *, up: bool) -> None:
         """Tell every site, through the registry, where this node listens (or that it left)."""
@@ -177,6 +227,15 @@ class Node:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _queue_source(path: str) -> Callable[[], Mapping[str, QueueConfig]]:
+    """The deployed queue file, re-read on change, or the built-in sample queues."""
+    return QueueFile(Path(path) if path else None).current
 
 
 def run_node(config: NodeConfig) -> int:

@@ -61,6 +61,10 @@ class NodeConfig:
     """Remote timestamps further ahead of the local clock are refused."""
     event_loop: str = "uvloop"
     """uvloop or asyncio."""
+    data_dir: str = "callmesh-data"
+    """Where the node keeps its call records (SQLite); a relative path is under the cwd."""
+    queues_file: str = ""
+    """The queue configuration (TOML, reloaded on change); empty: the built-in sample queues."""
     fault_injection: bool = False
     """Serve POST /debug/faults, which cuts gossip links (for tests and chaos runs only)."""
 

@@ -36,6 +36,8 @@ from urllib.parse import urlsplit
 
 import aetcd
 
+from node import metrics
+
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
@@ -236,6 +238,20 @@ class Etcd:
     async def delete(self, key: str) -> None:
         await self._request(f"delete {key}", lambda c: c.delete(key.encode()))
 
+    async def delete_if(self, key: str, *, mod_revision: int) -> bool:
+        """In one transaction: delete key if it is at mod_revision; whether it was deleted."""
+        what = f"delete {key} if at revision {mod_revision}"
+
+        async def transaction(client: Any) -> bool:
+            succeeded, _ = await client.transaction(
+                compare=[client.transactions.mod(key.encode()) == mod_revision],
+                success=[client.transactions.delete(key.encode())],
+                failure=[],
+            )
+            return bool(succeeded)
+
+        return await self._request(what, transaction)
+
     async def put_if(
         self,
         key: str,
@@ -244,8 +260,10 @@ class Etcd:
         mod_revision: int,
         leased: bool = False,
         also: Sequence[tuple[str, bytes, bool]] = (),
+        guards: Sequence[tuple[str, int]] = (),
     ) -> bool:
-        """In one transaction: if key is at mod_revision (0: absent), put it and `also`.
+        """In one transaction: if key is at mod_revision (0: absent), and every (key, revision) of
+        `guards` too, put it and `also`.
 
         `also` holds (key, value, leased) triples. Returns whether the transaction applied. When
         an attempt failed in a way that may have applied it, and the retry finds key moved, key
@@ -264,7 +282,10 @@ class Etcd:
             attempts += 1
             writes = [(key, value, leased), *also]
             succeeded, _ = await client.transaction(
-                compare=[client.transactions.mod(key.encode()) == mod_revision],
+                compare=[
+                    client.transactions.mod(k.encode()) == r
+                    for k, r in [(key, mod_revision), *guards]
+                ],
                 success=[
                     client.transactions.put(k.encode(), v, lease if on_lease else None)
                     for k, v, on_lease in writes
@@ -330,6 +351,7 @@ class Etcd:
                 next_revision,
                 delay,
             )
+            metrics.ETCD_WATCH_RESTARTS.inc()
             await asyncio.sleep(delay)
             delay = min(delay * 2, _BACKOFF_MAX_S)
             index = (index + 1) % len(self._addresses)
@@ -337,6 +359,7 @@ class Etcd:
 
     # Requests and fail-over
 
+    @metrics.timed_etcd_request
     async def _request(
         self,
         what: str,
@@ -377,6 +400,7 @@ class Etcd:
     def _fail_over(self, index: int, error: BaseException) -> None:
         if self._current != index or len(self._addresses) == 1:
             return  # another request moved on already, or there is nowhere to go
+        metrics.ETCD_FAILOVERS.inc()
         self._current = (index + 1) % len(self._addresses)
         log.warning(
             "etcd endpoint %s failed (%s); requests go to %s",
@@ -479,6 +503,7 @@ class Etcd:
             return  # already lost
         self._lease_id = None
         self._stale_lease = lease_id
+        metrics.ETCD_LEASES_LOST.inc()
         log.warning(
             "etcd lease %d lost (%s); fenced until a new lease is granted", lease_id, reason
         )

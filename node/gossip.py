@@ -12,12 +12,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
 import grpc
 
+from node import metrics
 from protos import registry_pb2 as pb
 from protos import registry_pb2_grpc as pb_grpc
 from registry import codec
@@ -77,6 +78,7 @@ class _Servicer(pb_grpc.GossipServicer):
 
 async def _abort(context: grpc.aio.ServicerContext, error: RegistryError, what: str) -> None:
     log.warning("gossip %s refused: %s", what, error)
+    metrics.registry_refused("peer", error.code)
     status = _STATUS.get(error.code, grpc.StatusCode.INTERNAL)
     await context.abort(status, f"{error.code}: {error}")
 
@@ -105,12 +107,14 @@ class Gossip:
         port: int,
         timers: GossipTimers = GossipTimers(),
         on_apply: Callable[[int], None] | None = None,
+        services: Sequence[Callable[[grpc.aio.Server], None]] = (),
     ) -> None:
         self.registry = registry
         self._host = host
         self._port = port
         self._timers = timers
         self._on_apply = on_apply
+        self._services = services  # other services served on the same port (the call exchange)
         self._server: grpc.aio.Server | None = None
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._wakes: dict[str, asyncio.Event] = {}
@@ -132,6 +136,8 @@ class Gossip:
     async def __aenter__(self) -> Gossip:
         server = grpc.aio.server(options=GRPC_OPTIONS)
         pb_grpc.add_GossipServicer_to_server(_Servicer(self), server)
+        for add in self._services:
+            add(server)
         bound = server.add_insecure_port(f"{self._host}:{self._port}")
         if bound == 0:
             raise OSError(f"gossip cannot listen on {self._host}:{self._port}")
@@ -193,6 +199,7 @@ class Gossip:
             raise
         if changed:
             self.changed()
+        metrics.gossip_applied(delta, changed)
         if self._on_apply is not None:
             self._on_apply(changed)
         return changed
@@ -224,6 +231,7 @@ class Gossip:
                 except asyncio.CancelledError:
                     raise
                 except grpc.aio.AioRpcError as error:
+                    metrics.GOSSIP_SYNC_FAILURES.inc()
                     if peer.synced or backoff == 0.05:
                         log.warning(
                             "gossip peer %s unreachable: %s %s",

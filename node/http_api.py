@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from node import metrics
 from node.sessions import Profile, Sessions
 from registry.errors import InvalidRecord
 from registry.records import (
@@ -34,6 +35,10 @@ _STATUS = {
     "foreign_write": 409,
     "stale_epoch": 409,
     "etcd_unavailable": 503,
+    "call_not_found": 404,
+    "queue_not_found": 404,
+    "offer_not_found": 404,
+    "wrong_state": 409,
 }
 
 
@@ -139,11 +144,24 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return web.json_response({"error": code, "message": str(error)}, status=_STATUS[code])
 
 
+def agent_id_from(request: web.Request) -> str:
+    value = request.match_info["agent_id"]
+    try:
+        check_id("agent id", value)
+    except InvalidRecord as error:
+        raise BadRequest(str(error)) from None
+    return value
+
+
 def make_app(
     registry: Registry, sessions: Sessions, readiness: Readiness, faults: Faults | None = None
 ) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "node": registry.node_id})
+
+    async def prometheus(request: web.Request) -> web.Response:
+        body, content_type = metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def readyz(request: web.Request) -> web.Response:
         reasons = readiness.reasons_not_ready()
@@ -162,13 +180,7 @@ def make_app(
             }
         )
 
-    def agent_id(request: web.Request) -> str:
-        value = request.match_info["agent_id"]
-        try:
-            check_id("agent id", value)
-        except InvalidRecord as error:
-            raise BadRequest(str(error)) from None
-        return value
+    agent_id = agent_id_from
 
     async def login(request: web.Request) -> web.Response:
         record = await sessions.login(agent_id(request), _profile(await _body(request)))
@@ -198,6 +210,7 @@ def make_app(
         app.router.add_post("/debug/faults", set_faults)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", prometheus)
     app.router.add_get("/registry", view)
     app.router.add_post("/agents/{agent_id}/login", login)
     app.router.add_post("/agents/{agent_id}/state", set_state)

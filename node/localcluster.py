@@ -57,7 +57,14 @@ class NodePlan:
     def http(self) -> str:
         return f"127.0.0.1:{self.http_port}"
 
-    def toml(self, etcd_urls: list[str], remote_gateways: list[str], fast: bool) -> str:
+    def toml(
+        self,
+        etcd_urls: list[str],
+        remote_gateways: list[str],
+        fast: bool,
+        data_dir: Path,
+        queues_file: Path | None = None,
+    ) -> str:
         quoted = ", ".join(f'"{g}"' for g in remote_gateways)
         endpoints = ", ".join(f'"{url}"' for url in etcd_urls)
         lines = [
@@ -69,7 +76,10 @@ class NodePlan:
             f"grpc_port = {self.grpc_port}",
             f"gateway = {'true' if self.gateway else 'false'}",
             f"remote_gateways = [{quoted}]",
+            f'data_dir = "{data_dir}"',
         ]
+        if queues_file is not None:
+            lines.append(f'queues_file = "{queues_file}"')
         if fast:
             lines += [
                 "lease_ttl_s = 2",
@@ -91,8 +101,19 @@ def plan_nodes(sites: list[SitePlan]) -> list[NodePlan]:
 class LocalCluster:
     """`async with LocalCluster(sites, root)`: every etcd and node started; all stopped on exit."""
 
-    def __init__(self, sites: list[SitePlan], root: Path, *, fast: bool = False) -> None:
+    def __init__(
+        self,
+        sites: list[SitePlan],
+        root: Path,
+        *,
+        fast: bool = False,
+        queues_toml: str | None = None,
+    ) -> None:
         self.sites = sites
+        self.queues_file: Path | None = None
+        if queues_toml is not None:
+            self.queues_file = root / "queues.toml"
+            self.queues_file.write_text(queues_toml)
         self.root = root
         self.fast = fast
         self.plans = {plan.node_id: plan for plan in plan_nodes(sites)}
@@ -156,7 +177,9 @@ class LocalCluster:
         plan = self.plans[node_id]
         gateways = [p.grpc for p in self.plans.values() if p.gateway and p.site != plan.site]
         etcd_urls = self.etcd_urls(plan.site.name)
-        self.config_path(node_id).write_text(plan.toml(etcd_urls, gateways, self.fast))
+        data_dir = self.root / f"{node_id}-data"
+        config = plan.toml(etcd_urls, gateways, self.fast, data_dir, self.queues_file)
+        self.config_path(node_id).write_text(config)
         with self.log_path(node_id).open("ab") as log:
             self.processes[node_id] = await asyncio.create_subprocess_exec(
                 sys.executable,

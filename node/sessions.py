@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from node import metrics
 from node.etcd import Etcd, EventKind, WatchCompacted
 from registry.errors import RegistryError
 from registry.records import AgentRecord, AgentState, Skills, Trust
@@ -71,14 +72,17 @@ class Sessions:
         site: str,
         trust: Trust,
         on_write: Callable[[], None],
+        on_available: Callable[[str], None] = lambda agent_id: None,
     ) -> None:
         self._etcd = etcd
         self._registry = registry
         self._site = site
         self._trust = trust
         self._on_write = on_write
+        self._on_available = on_available
         self._prefix = agents_prefix(site)
         self.held: dict[str, int] = {}  # agent id -> epoch of the session held here
+        self.session_revisions: dict[str, int] = {}  # agent id -> mod revision of its session key
         self._fenced = True  # until the node holds a lease
 
     @property
@@ -94,7 +98,11 @@ class Sessions:
         return f"{self._prefix}{agent_id}/epoch", f"{self._prefix}{agent_id}/session"
 
     def _write(self, record: AgentRecord) -> AgentRecord:
-        stamped = self._registry.write_agent(record)
+        try:
+            stamped = self._registry.write_agent(record)
+        except RegistryError as error:
+            metrics.registry_refused("local", error.code)
+            raise
         self._on_write()
         return stamped
 
@@ -127,6 +135,10 @@ class Sessions:
         epoch = await self._bump_epoch(agent_id, hold=True)
         assert epoch is not None  # holding never gives up: it raises after LOGIN_ATTEMPTS
         self.held[agent_id] = epoch
+        _, session_key = self._keys(agent_id)
+        session = await self._etcd.get(session_key)
+        if session is not None and json.loads(session.value).get("epoch") == epoch:
+            self.session_revisions[agent_id] = session.mod_revision
         record = self._write(
             AgentRecord(
                 agent_id=agent_id,
@@ -142,7 +154,23 @@ class Sessions:
             )
         )
         log.info("agent %s logged in at %s (epoch %d)", agent_id, self.node_id, epoch)
+        self._on_available(agent_id)
         return record
+
+    def _drop(self, agent_id: str) -> None:
+        self.held.pop(agent_id, None)
+        self.session_revisions.pop(agent_id, None)
+
+    def session_key(self, agent_id: str) -> str:
+        return self._keys(agent_id)[1]
+
+    def held_record(self, agent_id: str) -> AgentRecord:
+        """The record of an agent whose session this node holds (NotHeldHere, Fenced)."""
+        return self._held_record(agent_id)
+
+    def write(self, record: AgentRecord) -> AgentRecord:
+        """Write a held agent's record (its state as calls come and go)."""
+        return self._write(record)
 
     def _held_record(self, agent_id: str) -> AgentRecord:
         if self.fenced:
@@ -150,7 +178,7 @@ class Sessions:
         record = self._registry.agent(agent_id)
         epoch = self.held.get(agent_id)
         if epoch is not None and record is not None and record.epoch > epoch:
-            del self.held[agent_id]  # a login elsewhere (maybe another site) took it over
+            self._drop(agent_id)  # a login elsewhere (maybe another site) took it over
             log.info("agent %s taken over at epoch %d; dropped here", agent_id, record.epoch)
         if agent_id not in self.held or record is None:
             raise NotHeldHere(f"agent {agent_id} has no session at node {self.node_id}")
@@ -160,13 +188,19 @@ class Sessions:
         record = self._held_record(agent_id)
         if state is AgentState.OFFLINE:
             raise SessionError("log out to go offline")
+        if state not in (AgentState.AVAILABLE, AgentState.NOT_READY):
+            raise SessionError(f"an agent sets only available or not-ready, not {state.name}")
+        if record.active_calls > 0:
+            raise SessionError(f"agent {agent_id} is on a call; finish it first")
         updated = self._write(replace(record, state=state, reason=reason, state_since_ms=_now_ms()))
         log.info("agent %s %s -> %s", agent_id, record.state.name, state.name)
+        if state is AgentState.AVAILABLE:
+            self._on_available(agent_id)
         return updated
 
     async def logout(self, agent_id: str) -> AgentRecord:
         record = self._held_record(agent_id)
-        del self.held[agent_id]
+        self._drop(agent_id)
         offline = self._write(
             replace(record, state=AgentState.OFFLINE, reason="", state_since_ms=_now_ms())
         )
@@ -195,6 +229,7 @@ class Sessions:
             log.warning("node %s fenced: dropping sessions %s", self.node_id, sorted(self.held))
         self._fenced = True
         self.held.clear()
+        self.session_revisions.clear()
 
     def unfence(self) -> None:
         self._fenced = False
@@ -223,7 +258,7 @@ class Sessions:
             return
         mine = self.held.get(agent_id)
         if mine is not None and node != self.node_id and epoch > mine and not session.get("out"):
-            del self.held[agent_id]
+            self._drop(agent_id)
             log.info("agent %s session moved to %s (epoch %d); dropped here", agent_id, node, epoch)
 
     async def _session_gone(self, agent_id: str) -> None:
@@ -250,4 +285,5 @@ class Sessions:
                 epoch=epoch,
             )
         )
+        metrics.AGENT_SESSIONS_REAPED.inc()
         log.info("agent %s: session lease expired; marked offline (epoch %d)", agent_id, epoch)

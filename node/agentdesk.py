@@ -1,0 +1,293 @@
+"""The agents homed on this node, as calls come and go: reservations fenced by the session epoch,
+answer, reject and hang up, wrap-up, and pulling the best waiting call when an agent frees up.
+
+A reservation takes one of the agent's `capacity` slot keys in the site's etcd, in one
+transaction that also requires the agent's session key to be at the revision this node wrote at
+login: a node that lost the session (or its lease) cannot reserve, and no agent is ever reserved
+for more calls than its capacity (I1), whatever the registry shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+
+from node.etcd import Etcd
+from node.exchange import AgentAction, CallInfo, Link, ReleaseReason, Reservation, Verdict
+from node.queues import QueueConfig
+from node.routing import pick_queue
+from node.sessions import NotHeldHere, SessionError, Sessions
+from registry.records import AgentState
+from registry.registry import Registry
+
+log = logging.getLogger(__name__)
+
+EXPIRY_MARGIN_S = 2.0
+"""A reservation the owner neither confirms nor releases lapses this long after its ring timeout."""
+
+
+@dataclass(slots=True)
+class Offer:
+    call: CallInfo
+    slot_key: str
+    slot_revision: int
+    epoch: int
+    wrap_up_s: float
+    answered: bool = False
+    expiry: asyncio.TimerHandle | None = None
+
+
+class OfferError(SessionError):
+    code = "offer_not_found"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class AgentDesk:
+    """Reservations and offers of the agents whose sessions this node holds."""
+
+    def __init__(
+        self,
+        etcd: Etcd,
+        registry: Registry,
+        sessions: Sessions,
+        link: Link,
+        queues: Callable[[], Mapping[str, QueueConfig]],
+    ) -> None:
+        self._etcd = etcd
+        self._registry = registry
+        self._sessions = sessions
+        self._link = link
+        self._queues = queues
+        self.offers: dict[str, dict[str, Offer]] = {}  # agent id -> call id -> offer
+        self._missed: dict[str, int] = {}
+        self._pulling: dict[str, str] = {}  # agent id -> the owner node it is held for
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def node_id(self) -> str:
+        return self._registry.node_id
+
+    # -- the owner's side of the exchange -------------------------------------------------------
+
+    async def reserve(
+        self, call: CallInfo, agent_id: str, ring_timeout_s: float, wrap_up_s: float
+    ) -> Reservation:
+        try:
+            record = self._sessions.held_record(agent_id)
+        except SessionError as error:
+            return Reservation(False, error.code)
+        held_for = self._pulling.get(agent_id)
+        if held_for is not None and held_for != call.owner_node:
+            return Reservation(False, "held_for_older_call")
+        if record.state not in (AgentState.AVAILABLE, AgentState.RESERVED, AgentState.TALKING):
+            return Reservation(False, "not_available")
+        if record.state is not AgentState.AVAILABLE and record.capacity == 1:
+            return Reservation(False, "not_available")
+        if record.active_calls >= record.capacity:
+            return Reservation(False, "at_capacity")
+        session_revision = self._sessions.session_revisions.get(agent_id)
+        if session_revision is None:
+            return Reservation(False, "not_here")
+        guard = [(self._sessions.session_key(agent_id), session_revision)]
+        value = json.dumps({"call": call.call_id, "owner": call.owner_node}).encode()
+        base = self._sessions.session_key(agent_id).removesuffix("session")
+        for slot in range(record.capacity):
+            key = f"{base}slots/{slot}"
+            if await self._etcd.put_if(key, value, mod_revision=0, leased=True, guards=guard):
+                taken = await self._etcd.get(key)
+                revision = taken.mod_revision if taken is not None else 0
+                break
+        else:
+            return Reservation(False, "at_capacity")
+        record = self._sessions.held_record(agent_id)  # fresh: it may have changed meanwhile
+        self._sessions.write(
+            replace(
+                record,
+                state=AgentState.RESERVED if record.active_calls == 0 else record.state,
+                reason="",
+                active_calls=record.active_calls + 1,
+                state_since_ms=_now_ms() if record.active_calls == 0 else record.state_since_ms,
+            )
+        )
+        offer = Offer(call, key, revision, record.epoch, wrap_up_s)
+        loop = asyncio.get_running_loop()
+        offer.expiry = loop.call_later(
+            ring_timeout_s + EXPIRY_MARGIN_S, self._spawn_expiry, agent_id, call.call_id
+        )
+        self.offers.setdefault(agent_id, {})[call.call_id] = offer
+        log.info(
+            "agent %s reserved for call %s (owner %s)", agent_id, call.call_id, call.owner_node
+        )
+        return Reservation(True, "", record.epoch)
+
+    async def release(self, call_id: str, agent_id: str, reason: ReleaseReason) -> None:
+        offer = self.offers.get(agent_id, {}).pop(call_id, None)
+        if offer is None:
+            return  # already released (an expiry, a reject, a retry of the owner)
+        if offer.expiry is not None:
+            offer.expiry.cancel()
+        await self._etcd.delete_if(offer.slot_key, mod_revision=offer.slot_revision)
+        try:
+            record = self._sessions.held_record(agent_id)
+        except SessionError:
+            return  # the session moved or the node is fenced: the new holder owns the record
+        active = max(0, record.active_calls - 1)
+        if reason is ReleaseReason.ENDED:
+            state, why = AgentState.WRAP_UP, ""
+            self._spawn(self._end_wrap_up(agent_id, offer.wrap_up_s), f"wrap-up {agent_id}")
+        elif reason is ReleaseReason.MISSED:
+            self._missed[agent_id] = self._missed.get(agent_id, 0) + 1
+            limit = self._limit(offer.call.queue)
+            if self._missed[agent_id] >= limit:
+                state, why = AgentState.NOT_READY, "missed offers"
+                self._missed[agent_id] = 0
+            else:
+                state, why = AgentState.AVAILABLE, ""
+        else:
+            state, why = AgentState.AVAILABLE, ""
+        if active > 0:
+            state, why = (
+                (AgentState.TALKING, "") if self._talking(agent_id) else (AgentState.RESERVED, "")
+            )
+        self._sessions.write(
+            replace(record, state=state, reason=why, active_calls=active, state_since_ms=_now_ms())
+        )
+        log.info(
+            "agent %s released from call %s (%s) -> %s", agent_id, call_id, reason.value, state.name
+        )
+        if state is AgentState.AVAILABLE:
+            self.freed(agent_id)
+
+    def _limit(self, queue: str) -> int:
+        config = self._queues().get(queue)
+        return config.missed_offers_to_not_ready if config is not None else 2
+
+    def _talking(self, agent_id: str) -> bool:
+        return any(o.answered for o in self.offers.get(agent_id, {}).values())
+
+    # -- what the agent does ---------------------------------------------------------------------
+
+    def offer_list(self, agent_id: str) -> list[Offer]:
+        self._sessions.held_record(agent_id)
+        return list(self.offers.get(agent_id, {}).values())
+
+    async def act(self, agent_id: str, call_id: str, action: AgentAction) -> Verdict:
+        """The agent answers, rejects or hangs up; the call's owner decides what follows."""
+        record = self._sessions.held_record(agent_id)
+        offer = self.offers.get(agent_id, {}).get(call_id)
+        if offer is None:
+            raise OfferError(f"agent {agent_id} has no offer or call {call_id}")
+        if action is AgentAction.ANSWER and offer.answered:
+            return Verdict(True, "already answered")
+        if action is AgentAction.HANGUP and not offer.answered:
+            raise OfferError(f"call {call_id} is not answered yet: reject it instead")
+        owner = self._link.owner(offer.call.owner_node)
+        verdict = await owner.report(call_id, agent_id, action, offer.epoch)
+        if action is AgentAction.ANSWER and verdict.accepted:
+            offer.answered = True
+            if offer.expiry is not None:
+                offer.expiry.cancel()
+            record = self._sessions.held_record(agent_id)
+            self._sessions.write(
+                replace(record, state=AgentState.TALKING, state_since_ms=_now_ms())
+            )
+            log.info("agent %s answered call %s", agent_id, call_id)
+        elif action is AgentAction.REJECT or not verdict.accepted:
+            await self.release(call_id, agent_id, ReleaseReason.CANCELLED)
+        return verdict
+
+    def finish_wrap_up(self, agent_id: str) -> None:
+        record = self._sessions.held_record(agent_id)
+        if record.state is not AgentState.WRAP_UP:
+            raise NotHeldHere(f"agent {agent_id} is not in wrap-up")
+        self._sessions.write(replace(record, state=AgentState.AVAILABLE, state_since_ms=_now_ms()))
+        self.freed(agent_id)
+
+    async def _end_wrap_up(self, agent_id: str, wrap_up_s: float) -> None:
+        await asyncio.sleep(wrap_up_s)
+        try:
+            record = self._sessions.held_record(agent_id)
+        except SessionError:
+            return
+        if record.state is AgentState.WRAP_UP and record.active_calls == 0:
+            self.finish_wrap_up(agent_id)
+
+    # -- pulling the best waiting call -------------------------------------------------------------
+
+    def freed(self, agent_id: str) -> None:
+        """The agent is available again: ask the owner of the best waiting call for it."""
+        self._spawn(self._pull(agent_id), f"pull {agent_id}")
+
+    async def _pull(self, agent_id: str) -> None:
+        try:
+            record = self._sessions.held_record(agent_id)
+        except SessionError:
+            return
+        if record.state is not AgentState.AVAILABLE:
+            return
+        best = pick_queue(
+            self._registry.queues(),
+            record,
+            self._queues(),
+            _now_ms(),
+            agents=self._registry.agents(),
+        )
+        if best is None:
+            return
+        # Held for the owner of the oldest call while it answers, so that a newer call's owner
+        # retrying meanwhile does not take the agent first.
+        self._pulling[agent_id] = best.node
+        try:
+            offered = await self._link.owner(best.node).pull(agent_id, self.node_id, best.queue)
+        finally:
+            self._pulling.pop(agent_id, None)
+        log.info(
+            "agent %s pulled from %s/%s: %s",
+            agent_id,
+            best.node,
+            best.queue,
+            "offered" if offered else "nothing",
+        )
+
+    # -- tasks -------------------------------------------------------------------------------------
+
+    def _spawn_expiry(self, agent_id: str, call_id: str) -> None:
+        self._spawn(self._expire(agent_id, call_id), f"expire {call_id}")
+
+    async def _expire(self, agent_id: str, call_id: str) -> None:
+        offer = self.offers.get(agent_id, {}).get(call_id)
+        if offer is not None and not offer.answered:
+            log.warning("call %s: reservation of agent %s lapsed unconfirmed", call_id, agent_id)
+            await self.release(call_id, agent_id, ReleaseReason.MISSED)
+
+    def _spawn(self, work: object, name: str) -> None:
+        assert asyncio.iscoroutine(work)
+        task = asyncio.create_task(self._guard(work, name), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, work: object, name: str) -> None:
+        assert asyncio.iscoroutine(work)
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("agent desk %s: %s failed", self.node_id, name)
+
+    async def close(self) -> None:
+        for offers in self.offers.values():
+            for offer in offers.values():
+                if offer.expiry is not None:
+                    offer.expiry.cancel()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,124 @@
+"""HTTP routes for calls (callers, agents, records), signalling only: media comes with WebRTC.
+
+Handlers parse, call one service method and render; errors carry codes that node/http_api.py
+maps to statuses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from aiohttp import web
+
+from node.agentdesk import AgentDesk, Offer
+from node.callstate import Call
+from node.cdr import CallRecords
+from node.exchange import AgentAction
+from node.http_api import BadRequest, _body, agent_id_from
+from node.switchboard import Switchboard
+
+MAX_CALLER = 128
+
+
+def call_json(call: Call, position: int = 0) -> dict[str, Any]:
+    return {
+        "call_id": call.call_id,
+        "owner_node": call.owner_node,
+        "queue": call.queue,
+        "caller": call.caller,
+        "state": call.state.value,
+        "arrived_ms": call.arrived_ms,
+        "agent_id": call.agent_id,
+        "agent_node": call.agent_node,
+        "outcome": None if call.outcome is None else call.outcome.value,
+        "reason": call.reason,
+        "position": position,
+    }
+
+
+def offer_json(offer: Offer) -> dict[str, Any]:
+    call = offer.call
+    return {
+        "call_id": call.call_id,
+        "owner_node": call.owner_node,
+        "queue": call.queue,
+        "caller": call.caller,
+        "arrived_ms": call.arrived_ms,
+        "notes": call.notes,
+        "answered": offer.answered,
+    }
+
+
+def add_call_routes(
+    app: web.Application, board: Switchboard, desk: AgentDesk, records: CallRecords
+) -> None:
+    async def start(request: web.Request) -> web.Response:
+        body = await _body(request)
+        queue, caller = body.get("queue"), body.get("caller", "anonymous")
+        if not isinstance(queue, str) or not isinstance(caller, str):
+            raise BadRequest('queue and caller must be strings, e.g. {"queue": "sales"}')
+        if len(caller) > MAX_CALLER:
+            raise BadRequest(f"caller must be at most {MAX_CALLER} characters")
+        call = board.arrive(queue, caller)
+        return web.json_response(call_json(call, board.position(call)), status=201)
+
+    async def show(request: web.Request) -> web.Response:
+        call_id = request.match_info["call_id"]
+        live = board.calls.get(call_id)
+        if live is not None:
+            return web.json_response(call_json(live, board.position(live)))
+        row = records.call(call_id)
+        if row is None:
+            board.get(call_id)  # raises call_not_found
+        return web.json_response(row)
+
+    async def hangup(request: web.Request) -> web.Response:
+        return web.json_response(
+            call_json(await board.hangup_caller(request.match_info["call_id"]))
+        )
+
+    async def list_records(request: web.Request) -> web.Response:
+        try:
+            limit = int(request.query.get("limit", "100"))
+        except ValueError:
+            raise BadRequest("limit must be an integer") from None
+        return web.json_response({"calls": records.calls(max(1, min(limit, 10_000)))})
+
+    async def one_record(request: web.Request) -> web.Response:
+        call_id = request.match_info["call_id"]
+        row = records.call(call_id)
+        if row is None:
+            board.get(call_id)
+        legs = [dataclasses.asdict(leg) for leg in records.legs(call_id)]
+        return web.json_response({"call": row, "legs": legs})
+
+    async def offers(request: web.Request) -> web.Response:
+        agent = agent_id_from(request)
+        return web.json_response({"offers": [offer_json(o) for o in desk.offer_list(agent)]})
+
+    def action(kind: AgentAction) -> Any:
+        async def handler(request: web.Request) -> web.Response:
+            agent = agent_id_from(request)
+            verdict = await desk.act(agent, request.match_info["call_id"], kind)
+            status = 200 if verdict.accepted else 409
+            return web.json_response(
+                {"accepted": verdict.accepted, "reason": verdict.reason}, status=status
+            )
+
+        return handler
+
+    async def wrap_up_done(request: web.Request) -> web.Response:
+        desk.finish_wrap_up(agent_id_from(request))
+        return web.json_response({"state": "available"})
+
+    app.router.add_post("/calls", start)
+    app.router.add_get("/calls/{call_id}", show)
+    app.router.add_post("/calls/{call_id}/hangup", hangup)
+    app.router.add_get("/records", list_records)
+    app.router.add_get("/records/{call_id}", one_record)
+    app.router.add_get("/agents/{agent_id}/offers", offers)
+    app.router.add_post("/agents/{agent_id}/calls/{call_id}/answer", action(AgentAction.ANSWER))
+    app.router.add_post("/agents/{agent_id}/calls/{call_id}/reject", action(AgentAction.REJECT))
+    app.router.add_post("/agents/{agent_id}/calls/{call_id}/hangup", action(AgentAction.HANGUP))
+    app.router.add_post("/agents/{agent_id}/wrap-up/done", wrap_up_done)

@@ -1,0 +1,254 @@
+"""The call exchange over gRPC: the Calls service, and a Link that reaches any node's desk or
+owner side (directly when the node is this one, by its gossiped gRPC address otherwise)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import grpc
+
+from node.exchange import (
+    AgentAction,
+    CallInfo,
+    Desk,
+    Owner,
+    ReleaseReason,
+    Reservation,
+    Verdict,
+)
+from node.gossip import GRPC_OPTIONS
+from protos import calls_pb2 as pb
+from protos import calls_pb2_grpc as pb_grpc
+from registry.errors import InvalidRecord
+from registry.records import check_id
+from registry.registry import Registry
+
+log = logging.getLogger(__name__)
+
+_RELEASE_TO_WIRE = {
+    ReleaseReason.CANCELLED: pb.RELEASE_REASON_CANCELLED,
+    ReleaseReason.MISSED: pb.RELEASE_REASON_MISSED,
+    ReleaseReason.ENDED: pb.RELEASE_REASON_ENDED,
+}
+_RELEASE_FROM_WIRE = {wire: reason for reason, wire in _RELEASE_TO_WIRE.items()}
+_ACTION_TO_WIRE = {
+    AgentAction.ANSWER: pb.AGENT_ACTION_ANSWER,
+    AgentAction.REJECT: pb.AGENT_ACTION_REJECT,
+    AgentAction.HANGUP: pb.AGENT_ACTION_HANGUP,
+}
+_ACTION_FROM_WIRE = {wire: action for action, wire in _ACTION_TO_WIRE.items()}
+MAX_TEXT = 4096
+
+
+def _call_to_wire(call: CallInfo) -> pb.CallInfo:
+    return pb.CallInfo(
+        call_id=call.call_id,
+        owner_node=call.owner_node,
+        queue=call.queue,
+        caller=call.caller,
+        arrived_ms=call.arrived_ms,
+        notes=call.notes,
+    )
+
+
+def _call_from_wire(message: pb.CallInfo) -> CallInfo:
+    for name in ("call_id", "owner_node", "queue"):
+        check_id(name, getattr(message, name))
+    if len(message.caller) > 256 or len(message.notes) > MAX_TEXT:
+        raise InvalidRecord("caller or notes too long")
+    return CallInfo(
+        message.call_id,
+        message.owner_node,
+        message.queue,
+        message.caller,
+        message.arrived_ms,
+        message.notes,
+    )
+
+
+class CallsServicer(pb_grpc.CallsServicer):
+    """Delegates to this node's desk and switchboard (None until the node has built them)."""
+
+    def __init__(self, desk: Callable[[], Desk | None], owner: Callable[[], Owner | None]) -> None:
+        self._desk = desk
+        self._owner = owner
+
+    async def _need_desk(self, context: grpc.aio.ServicerContext) -> Desk:
+        desk = self._desk()
+        if desk is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "node starting")
+        assert desk is not None
+        return desk
+
+    async def _need_owner(self, context: grpc.aio.ServicerContext) -> Owner:
+        owner = self._owner()
+        if owner is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "node starting")
+        assert owner is not None
+        return owner
+
+    async def Reserve(
+        self, request: pb.ReserveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReserveReply:
+        desk = await self._need_desk(context)
+        try:
+            call = _call_from_wire(request.call)
+            check_id("agent_id", request.agent_id)
+        except InvalidRecord as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise
+        result = await desk.reserve(
+            call, request.agent_id, request.ring_timeout_ms / 1000, request.wrap_up_ms / 1000
+        )
+        return pb.ReserveReply(reserved=result.reserved, reason=result.reason, epoch=result.epoch)
+
+    async def Release(
+        self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Empty:
+        desk = await self._need_desk(context)
+        reason = _RELEASE_FROM_WIRE.get(request.reason)
+        if reason is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown release reason")
+            raise AssertionError
+        await desk.release(request.call_id, request.agent_id, reason)
+        return pb.Empty()
+
+    async def Report(
+        self, request: pb.AgentEvent, context: grpc.aio.ServicerContext
+    ) -> pb.AgentEventReply:
+        owner = await self._need_owner(context)
+        action = _ACTION_FROM_WIRE.get(request.action)
+        if action is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown agent action")
+            raise AssertionError
+        verdict = await owner.report(request.call_id, request.agent_id, action, request.epoch)
+        return pb.AgentEventReply(accepted=verdict.accepted, reason=verdict.reason)
+
+    async def Pull(
+        self, request: pb.PullRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PullReply:
+        owner = await self._need_owner(context)
+        offered = await owner.pull(request.agent_id, request.home_node, request.queue)
+        return pb.PullReply(offered=offered)
+
+
+class _RemoteDesk:
+    def __init__(self, stub: pb_grpc.CallsStub, timeout_s: float) -> None:
+        self._stub = stub
+        self._timeout_s = timeout_s
+
+    async def reserve(
+        self, call: CallInfo, agent_id: str, ring_timeout_s: float, wrap_up_s: float
+    ) -> Reservation:
+        try:
+            reply = await self._stub.Reserve(
+                pb.ReserveRequest(
+                    call=_call_to_wire(call),
+                    agent_id=agent_id,
+                    ring_timeout_ms=round(ring_timeout_s * 1000),
+                    wrap_up_ms=round(wrap_up_s * 1000),
+                ),
+                timeout=self._timeout_s,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise ConnectionError(f"{error.code().name}: {error.details()}") from None
+        return Reservation(reply.reserved, reply.reason, reply.epoch)
+
+    async def release(self, call_id: str, agent_id: str, reason: ReleaseReason) -> None:
+        try:
+            await self._stub.Release(
+                pb.ReleaseRequest(
+                    call_id=call_id, agent_id=agent_id, reason=_RELEASE_TO_WIRE[reason]
+                ),
+                timeout=self._timeout_s,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise ConnectionError(f"{error.code().name}: {error.details()}") from None
+
+
+class _RemoteOwner:
+    def __init__(self, stub: pb_grpc.CallsStub, timeout_s: float) -> None:
+        self._stub = stub
+        self._timeout_s = timeout_s
+
+    async def report(self, call_id: str, agent_id: str, action: AgentAction, epoch: int) -> Verdict:
+        try:
+            reply = await self._stub.Report(
+                pb.AgentEvent(
+                    call_id=call_id, agent_id=agent_id, action=_ACTION_TO_WIRE[action], epoch=epoch
+                ),
+                timeout=self._timeout_s,
+            )
+        except grpc.aio.AioRpcError as error:
+            return Verdict(False, f"owner unreachable: {error.code().name}")
+        return Verdict(reply.accepted, reply.reason)
+
+    async def pull(self, agent_id: str, home_node: str, queue: str) -> bool:
+        try:
+            reply = await self._stub.Pull(
+                pb.PullRequest(agent_id=agent_id, home_node=home_node, queue=queue),
+                timeout=self._timeout_s,
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(reply.offered)
+
+
+class _Unreachable:
+    """A node whose address is not known (yet): every call fails at once."""
+
+    def __init__(self, node_id: str) -> None:
+        self._node_id = node_id
+
+    async def reserve(
+        self, call: CallInfo, agent_id: str, ring_timeout_s: float, wrap_up_s: float
+    ) -> Reservation:
+        raise ConnectionError(f"no address known for node {self._node_id}")
+
+    async def release(self, call_id: str, agent_id: str, reason: ReleaseReason) -> None:
+        raise ConnectionError(f"no address known for node {self._node_id}")
+
+    async def report(self, call_id: str, agent_id: str, action: AgentAction, epoch: int) -> Verdict:
+        return Verdict(False, f"no address known for node {self._node_id}")
+
+    async def pull(self, agent_id: str, home_node: str, queue: str) -> bool:
+        return False
+
+
+class NodeLink:
+    """Desks and owners by node id: this node's own objects, or gRPC stubs by gossiped address."""
+
+    def __init__(self, registry: Registry, timeout_s: float) -> None:
+        self._registry = registry
+        self._timeout_s = timeout_s
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self.local_desk: Desk | None = None
+        self.local_owner: Owner | None = None
+
+    def _stub(self, node_id: str) -> pb_grpc.CallsStub | None:
+        info = self._registry.node(node_id)
+        if info is None or not info.up:
+            return None
+        channel = self._channels.get(info.grpc)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(info.grpc, options=GRPC_OPTIONS)
+            self._channels[info.grpc] = channel
+        return pb_grpc.CallsStub(channel)
+
+    def desk(self, node_id: str) -> Desk:
+        if node_id == self._registry.node_id and self.local_desk is not None:
+            return self.local_desk
+        stub = self._stub(node_id)
+        return _Unreachable(node_id) if stub is None else _RemoteDesk(stub, self._timeout_s)
+
+    def owner(self, node_id: str) -> Owner:
+        if node_id == self._registry.node_id and self.local_owner is not None:
+            return self.local_owner
+        stub = self._stub(node_id)
+        return _Unreachable(node_id) if stub is None else _RemoteOwner(stub, self._timeout_s)
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()

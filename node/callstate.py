@@ -1,0 +1,81 @@
+"""The life of a call on its owner node: states, events and the table of transitions. Pure."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class CallState(enum.Enum):
+    WAITING = "waiting"
+    OFFERED = "offered"
+    TALKING = "talking"
+    ENDED = "ended"
+
+
+class CallEvent(enum.Enum):
+    OFFER = "offer"  # an agent was reserved for the call
+    MISS = "miss"  # the offer lapsed: ring timeout, rejected, or the reservation was lost
+    ANSWER = "answer"  # the offered agent answered
+    CALLER_HANGUP = "caller_hangup"
+    AGENT_HANGUP = "agent_hangup"
+    OVERFLOW = "overflow"  # waited past the queue's maximum
+    FAIL = "fail"  # the node could not carry the call on (e.g. it restarted)
+
+
+class Outcome(enum.Enum):
+    COMPLETED = "completed"
+    ABANDONED = "abandoned"
+    VOICEMAIL = "voicemail"
+    OVERFLOWED = "overflowed"
+    FAILED = "failed"
+
+
+class WrongState(Exception):
+    code = "wrong_state"
+
+
+S, E, Out = CallState, CallEvent, Outcome
+
+TRANSITIONS: dict[tuple[CallState, CallEvent], tuple[CallState, Outcome | None]] = {
+    (S.WAITING, E.OFFER): (S.OFFERED, None),
+    (S.OFFERED, E.MISS): (S.WAITING, None),
+    (S.OFFERED, E.ANSWER): (S.TALKING, None),
+    (S.WAITING, E.CALLER_HANGUP): (S.ENDED, Out.ABANDONED),
+    (S.OFFERED, E.CALLER_HANGUP): (S.ENDED, Out.ABANDONED),
+    (S.TALKING, E.CALLER_HANGUP): (S.ENDED, Out.COMPLETED),
+    (S.TALKING, E.AGENT_HANGUP): (S.ENDED, Out.COMPLETED),
+    (S.WAITING, E.OVERFLOW): (S.ENDED, Out.OVERFLOWED),
+    (S.WAITING, E.FAIL): (S.ENDED, Out.FAILED),
+    (S.OFFERED, E.FAIL): (S.ENDED, Out.FAILED),
+    (S.TALKING, E.FAIL): (S.ENDED, Out.FAILED),
+}
+"""(state, event) -> (next state, outcome when the call ends). Anything else is WrongState."""
+
+
+def transition(state: CallState, event: CallEvent) -> tuple[CallState, Outcome | None]:
+    try:
+        return TRANSITIONS[(state, event)]
+    except KeyError:
+        raise WrongState(f"a {state.value} call cannot take {event.value}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One call as its owner node holds it."""
+
+    call_id: str
+    owner_node: str
+    queue: str
+    caller: str
+    arrived_ms: int
+    state: CallState = CallState.WAITING
+    agent_id: str = ""  # the agent offered or talking
+    agent_node: str = ""
+    epoch: int = 0  # the agent's session epoch the reservation is fenced by
+    offered_ms: int = 0
+    answered_ms: int = 0
+    ended_ms: int = 0
+    outcome: Outcome | None = None
+    reason: str = ""
+    missed: int = 0  # offers that lapsed

@@ -1,0 +1,172 @@
+"""Call records in SQLite (WAL): a row per call and per leg, written before a change is answered.
+
+On open, calls left without an outcome (the node stopped while they were live) are closed as
+failed with the reason, so every accepted call ends with exactly one outcome (I3).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from node.callstate import Call, Outcome
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS calls (
+    call_id     TEXT PRIMARY KEY,
+    owner_node  TEXT NOT NULL,
+    queue       TEXT NOT NULL,
+    caller      TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    arrived_ms  INTEGER NOT NULL,
+    offered_ms  INTEGER NOT NULL DEFAULT 0,
+    answered_ms INTEGER NOT NULL DEFAULT 0,
+    ended_ms    INTEGER NOT NULL DEFAULT 0,
+    agent_id    TEXT NOT NULL DEFAULT '',
+    agent_node  TEXT NOT NULL DEFAULT '',
+    outcome     TEXT,
+    reason      TEXT NOT NULL DEFAULT '',
+    missed      INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS legs (
+    call_id     TEXT NOT NULL REFERENCES calls(call_id),
+    seq         INTEGER NOT NULL,
+    agent_id    TEXT NOT NULL,
+    agent_node  TEXT NOT NULL,
+    offered_ms  INTEGER NOT NULL,
+    answered_ms INTEGER NOT NULL DEFAULT 0,
+    ended_ms    INTEGER NOT NULL DEFAULT 0,
+    result      TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (call_id, seq)
+);
+"""
+
+_COLUMNS = [
+    "call_id",
+    "owner_node",
+    "queue",
+    "caller",
+    "state",
+    "arrived_ms",
+    "offered_ms",
+    "answered_ms",
+    "ended_ms",
+    "agent_id",
+    "agent_node",
+    "outcome",
+    "reason",
+    "missed",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    call_id: str
+    seq: int
+    agent_id: str
+    agent_node: str
+    offered_ms: int
+    answered_ms: int
+    ended_ms: int
+    result: str
+
+
+class CallRecords:
+    """The node's call records. Every method commits before it returns."""
+
+    def __init__(self, path: Path | str) -> None:
+        self._db = sqlite3.connect(str(path), isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def close_orphans(self, now_ms: int, reason: str) -> list[str]:
+        """Close calls left open by an earlier run as failed; their ids."""
+        rows = self._db.execute("SELECT call_id FROM calls WHERE outcome IS NULL").fetchall()
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "UPDATE calls SET state = 'ended', outcome = ?, reason = ?, ended_ms = ? "
+                "WHERE outcome IS NULL",
+                (Outcome.FAILED.value, reason, now_ms),
+            )
+            self._db.execute(
+                "UPDATE legs SET ended_ms = ?, result = 'failed' WHERE ended_ms = 0", (now_ms,)
+            )
+        return [row[0] for row in rows]
+
+    def save(self, call: Call) -> None:
+        """Insert or update the call's row."""
+        values = (
+            call.call_id,
+            call.owner_node,
+            call.queue,
+            call.caller,
+            call.state.value,
+            call.arrived_ms,
+            call.offered_ms,
+            call.answered_ms,
+            call.ended_ms,
+            call.agent_id,
+            call.agent_node,
+            None if call.outcome is None else call.outcome.value,
+            call.reason,
+            call.missed,
+        )
+        self._db.execute(
+            f"INSERT OR REPLACE INTO calls ({', '.join(_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(_COLUMNS))})",
+            values,
+        )
+
+    def open_leg(self, call: Call) -> None:
+        seq = self._db.execute(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM legs WHERE call_id = ?", (call.call_id,)
+        ).fetchone()[0]
+        self._db.execute(
+            "INSERT INTO legs (call_id, seq, agent_id, agent_node, offered_ms) VALUES (?,?,?,?,?)",
+            (call.call_id, seq, call.agent_id, call.agent_node, call.offered_ms),
+        )
+
+    def update_leg(
+        self,
+        call_id: str,
+        agent_id: str,
+        *,
+        answered_ms: int = 0,
+        ended_ms: int = 0,
+        result: str = "",
+    ) -> None:
+        self._db.execute(
+            "UPDATE legs SET answered_ms = MAX(answered_ms, ?), ended_ms = MAX(ended_ms, ?), "
+            "result = CASE WHEN ? = '' THEN result ELSE ? END "
+            "WHERE call_id = ? AND agent_id = ? AND seq = "
+            "(SELECT MAX(seq) FROM legs WHERE call_id = ? AND agent_id = ?)",
+            (answered_ms, ended_ms, result, result, call_id, agent_id, call_id, agent_id),
+        )
+
+    def call(self, call_id: str) -> dict[str, Any] | None:
+        row = self._db.execute(
+            f"SELECT {', '.join(_COLUMNS)} FROM calls WHERE call_id = ?", (call_id,)
+        ).fetchone()
+        return None if row is None else dict(zip(_COLUMNS, row, strict=True))
+
+    def calls(self, limit: int = 1000) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            f"SELECT {', '.join(_COLUMNS)} FROM calls ORDER BY arrived_ms DESC, call_id LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [dict(zip(_COLUMNS, row, strict=True)) for row in rows]
+
+    def legs(self, call_id: str) -> list[Leg]:
+        rows = self._db.execute(
+            "SELECT call_id, seq, agent_id, agent_node, offered_ms, answered_ms, ended_ms, result "
+            "FROM legs WHERE call_id = ? ORDER BY seq",
+            (call_id,),
+        ).fetchall()
+        return [Leg(*row) for row in rows]

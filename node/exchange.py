@@ -1,0 +1,74 @@
+"""The values the call exchange moves between a call's owner node and an agent's home node, and
+the narrow interfaces each side needs of the other (node/calls_rpc.py carries them over gRPC, or
+directly when both are this node)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    """What the agent's screen shows before answering."""
+
+    call_id: str
+    owner_node: str
+    queue: str
+    caller: str
+    arrived_ms: int
+    notes: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    reserved: bool
+    reason: str = ""  # why not: not_here, fenced, not_available, at_capacity, unreachable
+    epoch: int = 0
+
+
+class ReleaseReason(enum.Enum):
+    CANCELLED = "cancelled"  # the caller hung up, or the call went elsewhere, before answer
+    MISSED = "missed"  # ring timeout
+    ENDED = "ended"  # the call ended after the agent answered: wrap-up follows
+
+
+class AgentAction(enum.Enum):
+    ANSWER = "answer"
+    REJECT = "reject"
+    HANGUP = "hangup"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    accepted: bool
+    reason: str = ""  # e.g. call_gone when the caller hung up meanwhile
+
+
+class Desk(Protocol):
+    """An agent's home node, as a call's owner sees it."""
+
+    async def reserve(
+        self, call: CallInfo, agent_id: str, ring_timeout_s: float, wrap_up_s: float
+    ) -> Reservation: ...
+
+    async def release(self, call_id: str, agent_id: str, reason: ReleaseReason) -> None: ...
+
+
+class Owner(Protocol):
+    """A call's owner node, as an agent's home node sees it."""
+
+    async def report(
+        self, call_id: str, agent_id: str, action: AgentAction, epoch: int
+    ) -> Verdict: ...
+
+    async def pull(self, agent_id: str, home_node: str, queue: str) -> bool: ...
+
+
+class Link(Protocol):
+    """Reach any node's desk or owner side by node id."""
+
+    def desk(self, node_id: str) -> Desk: ...
+
+    def owner(self, node_id: str) -> Owner: ...

@@ -1,0 +1,366 @@
+"""The calls this node owns: their life (node/callstate.py), routing each waiting call to the best
+agent in any site through the agent's home node, and the call records.
+
+One offer per call at a time: a call is routed by at most one task, which asks the ranked
+candidates' home nodes in turn until one reserves. A refusal or no answer within the deadline
+moves on to the next candidate. Waiting calls are routed again every `retry_s` (escalation steps
+open with time) and when an agent frees up anywhere, its home node pulls the best waiting call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import replace
+from typing import Any
+
+from node.callstate import Call, CallEvent, CallState, WrongState, transition
+from node.cdr import CallRecords
+from node.exchange import AgentAction, CallInfo, Link, ReleaseReason, Verdict
+from node.queues import QueueConfig
+from node.routing import eligible, rank_agents, reached_steps
+from registry.records import AgentRecord, AgentState, QueueSummary
+from registry.registry import Registry
+
+log = logging.getLogger(__name__)
+
+CANDIDATES_PER_ROUND = 5
+MISSED_AGENT_COOLDOWN_S = 30.0
+
+
+class UnknownCall(Exception):
+    code = "call_not_found"
+
+
+class UnknownQueue(Exception):
+    code = "queue_not_found"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Switchboard:
+    """Owner-side call handling. `on_change()` is called after registry writes (gossip)."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        site: str,
+        records: CallRecords,
+        link: Link,
+        queues: Callable[[], Mapping[str, QueueConfig]],
+        on_change: Callable[[], None],
+        *,
+        rpc_timeout_s: float = 1.0,
+        retry_s: float = 0.5,
+    ) -> None:
+        self._registry = registry
+        self._site = site
+        self._records = records
+        self._link = link
+        self._queues = queues
+        self._on_change = on_change
+        self._rpc_timeout_s = rpc_timeout_s
+        self._retry_s = retry_s
+        self.calls: dict[str, Call] = {}  # live calls; ended ones live in the records
+        self._routing: set[str] = set()  # calls with a routing task under way
+        self._tried: dict[str, dict[str, float]] = {}  # call -> agent -> monotonic time missed
+        self._ring: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ids = itertools.count(1)
+        self._published: set[str] = set()
+
+    @property
+    def node_id(self) -> str:
+        return self._registry.node_id
+
+    # -- callers -----------------------------------------------------------------------------------
+
+    def arrive(self, queue: str, caller: str) -> Call:
+        if queue not in self._queues():
+            known = ", ".join(sorted(self._queues()))
+            raise UnknownQueue(f"no queue {queue!r}; queues: {known}")
+        call_id = f"{self.node_id}-{_now_ms():x}-{next(self._ids)}"
+        call = Call(call_id, self.node_id, queue, caller, _now_ms())
+        self._records.save(call)  # accepted only once recorded
+        self.calls[call_id] = call
+        log.info("call %s arrived in queue %s from %s", call_id, queue, caller)
+        self._publish(queue)
+        self._route_soon(call_id)
+        return call
+
+    def get(self, call_id: str) -> Call:
+        call = self.calls.get(call_id)
+        if call is None:
+            raise UnknownCall(f"no live call {call_id} on node {self.node_id}")
+        return call
+
+    def position(self, call: Call) -> int:
+        """1 for the oldest waiting call of its queue on this node; 0 when not waiting."""
+        if call.state is not CallState.WAITING:
+            return 0
+        return 1 + sum(
+            1
+            for other in self.calls.values()
+            if other.queue == call.queue
+            and other.state is CallState.WAITING
+            and (other.arrived_ms, other.call_id) < (call.arrived_ms, call.call_id)
+        )
+
+    async def hangup_caller(self, call_id: str) -> Call:
+        call = self.get(call_id)
+        agent, node, answered = call.agent_id, call.agent_node, call.state is CallState.TALKING
+        ended = self._apply(call, CallEvent.CALLER_HANGUP, reason="caller hung up")
+        if agent:
+            reason = ReleaseReason.ENDED if answered else ReleaseReason.CANCELLED
+            await self._release(node, call_id, agent, reason)
+        return ended
+
+    # -- the agent's home node reporting ---------------------------------------------------------
+
+    async def report(self, call_id: str, agent_id: str, action: AgentAction, epoch: int) -> Verdict:
+        call = self.calls.get(call_id)
+        if call is None or call.agent_id != agent_id or call.epoch != epoch:
+            return Verdict(False, "call_gone")
+        try:
+            if action is AgentAction.ANSWER:
+                self._apply(call, CallEvent.ANSWER)
+                self._records.update_leg(call_id, agent_id, answered_ms=_now_ms())
+            elif action is AgentAction.REJECT:
+                self._miss(call, "rejected")
+            else:
+                self._apply(call, CallEvent.AGENT_HANGUP, reason="agent hung up")
+                self._spawn(
+                    self._release(call.agent_node, call_id, agent_id, ReleaseReason.ENDED),
+                    f"release {call_id}",
+                )
+        except WrongState as error:
+            return Verdict(False, str(error))
+        return Verdict(True)
+
+    async def pull(self, agent_id: str, home_node: str, queue: str) -> bool:
+        """A free agent's home node asks for this node's oldest waiting call of `queue` that the
+        agent may take. The home node vouches that the agent is free (gossip may not have told
+        this node yet); its desk checks again when it reserves."""
+        record = self._registry.agent(agent_id)
+        config = self._queues().get(queue)
+        if record is None or config is None:
+            return False
+        free = replace(record, state=AgentState.AVAILABLE, reason="", active_calls=0)
+        waiting = sorted(
+            (c for c in self.calls.values() if c.queue == queue and c.state is CallState.WAITING),
+            key=lambda c: (c.arrived_ms, c.call_id),
+        )
+        for call in waiting:
+            waited_s = (_now_ms() - call.arrived_ms) / 1000
+            steps = reached_steps(config, waited_s, self._registry.agents())
+            if not eligible(free, config, steps):
+                continue
+            for _ in range(100):  # a retry round routing this call: let it finish first
+                if call.call_id not in self._routing:
+                    break
+                await asyncio.sleep(0.01)
+            if await self._route(call.call_id, candidates=[free]):
+                return True
+        return False
+
+    # -- routing -----------------------------------------------------------------------------------
+
+    def _route_soon(self, call_id: str) -> None:
+        if call_id not in self._routing:
+            self._spawn(self._route(call_id), f"route {call_id}")
+
+    async def _route(self, call_id: str, candidates: list[AgentRecord] | None = None) -> bool:
+        """Offer the call to the best candidate that reserves (the ranked agents, or the given
+        `candidates`); whether one did."""
+        if call_id in self._routing:
+            return False
+        self._routing.add(call_id)
+        try:
+            return await self._route_once(call_id, candidates)
+        finally:
+            self._routing.discard(call_id)
+
+    async def _route_once(self, call_id: str, candidates: list[AgentRecord] | None) -> bool:
+        call = self.calls.get(call_id)
+        if call is None or call.state is not CallState.WAITING:
+            return False
+        queue = self._queues().get(call.queue)
+        if queue is None:
+            return False
+        waited_s = (_now_ms() - call.arrived_ms) / 1000
+        if waited_s > queue.max_wait_s:
+            self._apply(call, CallEvent.OVERFLOW, reason=f"waited over {queue.max_wait_s:g} s")
+            return False
+        now = time.monotonic()
+        tried = self._tried.get(call_id, {})
+        exclude = frozenset(a for a, t in tried.items() if now - t < MISSED_AGENT_COOLDOWN_S)
+        ranked = candidates
+        if ranked is None:
+            agents = self._registry.agents()
+            ranked = rank_agents(agents, queue, waited_s, self._site, exclude=exclude)
+        info = CallInfo(call.call_id, self.node_id, call.queue, call.caller, call.arrived_ms)
+        for agent in ranked[:CANDIDATES_PER_ROUND]:
+            desk = self._link.desk(agent.home_node)
+            try:
+                answer = await asyncio.wait_for(
+                    desk.reserve(info, agent.agent_id, queue.ring_timeout_s, queue.wrap_up_s),
+                    self._rpc_timeout_s,
+                )
+            except (TimeoutError, ConnectionError) as error:
+                log.warning(
+                    "call %s: %s at %s did not answer (%s)",
+                    call_id,
+                    agent.agent_id,
+                    agent.home_node,
+                    error or "timeout",
+                )
+                continue
+            if not answer.reserved:
+                log.info("call %s: %s refused (%s)", call_id, agent.agent_id, answer.reason)
+                continue
+            current = self.calls.get(call_id)
+            if current is None or current.state is not CallState.WAITING:
+                # the caller hung up while we asked: free the agent at once
+                await self._release(
+                    agent.home_node, call_id, agent.agent_id, ReleaseReason.CANCELLED
+                )
+                return False
+            offered = self._apply(
+                current,
+                CallEvent.OFFER,
+                agent_id=agent.agent_id,
+                agent_node=agent.home_node,
+                epoch=answer.epoch,
+            )
+            self._records.open_leg(offered)
+            loop = asyncio.get_running_loop()
+            self._ring[call_id] = loop.call_later(
+                queue.ring_timeout_s, self._ring_timeout, call_id, agent.agent_id
+            )
+            return True
+        return False
+
+    def _ring_timeout(self, call_id: str, agent_id: str) -> None:
+        call = self.calls.get(call_id)
+        if call is not None and call.state is CallState.OFFERED and call.agent_id == agent_id:
+            node = call.agent_node
+            self._miss(call, "ring timeout")
+            self._spawn(
+                self._release(node, call_id, agent_id, ReleaseReason.MISSED), f"release {call_id}"
+            )
+
+    def _miss(self, call: Call, why: str) -> None:
+        self._tried.setdefault(call.call_id, {})[call.agent_id] = time.monotonic()
+        self._records.update_leg(call.call_id, call.agent_id, ended_ms=_now_ms(), result=why)
+        self._apply(
+            call, CallEvent.MISS, agent_id="", agent_node="", epoch=0, missed=call.missed + 1
+        )
+        self._route_soon(call.call_id)
+
+    async def _release(self, node: str, call_id: str, agent_id: str, reason: ReleaseReason) -> None:
+        try:
+            await asyncio.wait_for(
+                self._link.desk(node).release(call_id, agent_id, reason), self._rpc_timeout_s
+            )
+        except (TimeoutError, ConnectionError) as error:
+            # the agent's reservation lapses by itself at its home node
+            log.warning(
+                "call %s: release of %s at %s failed (%s)",
+                call_id,
+                agent_id,
+                node,
+                error or "timeout",
+            )
+
+    # -- state, records, summaries -------------------------------------------------------------
+
+    def _apply(self, call: Call, event: CallEvent, reason: str = "", **fields: Any) -> Call:
+        state, outcome = transition(call.state, event)
+        now = _now_ms()
+        changed = replace(call, state=state, **fields)
+        if event is CallEvent.OFFER:
+            changed = replace(changed, offered_ms=now)
+        elif event is CallEvent.ANSWER:
+            changed = replace(changed, answered_ms=now)
+        if outcome is not None:
+            changed = replace(changed, outcome=outcome, ended_ms=now, reason=reason)
+            timer = self._ring.pop(call.call_id, None)
+            if timer is not None:
+                timer.cancel()
+        self._records.save(changed)  # recorded before anyone is told
+        if call.agent_id and outcome is not None:
+            self._records.update_leg(
+                call.call_id, call.agent_id, ended_ms=now, result=outcome.value
+            )
+        if state is CallState.ENDED:
+            self.calls.pop(call.call_id, None)
+            self._tried.pop(call.call_id, None)
+        else:
+            self.calls[call.call_id] = changed
+        log.info(
+            "call %s %s -> %s%s",
+            call.call_id,
+            call.state.value,
+            state.value,
+            f" ({outcome.value})" if outcome else "",
+        )
+        if state is CallState.WAITING or call.state is CallState.WAITING:
+            self._publish(call.queue)
+        return changed
+
+    def _publish(self, queue: str) -> None:
+        """Write this node's summary of `queue` for the other nodes (what waits, how old)."""
+        config = self._queues().get(queue)
+        waiting = [
+            c for c in self.calls.values() if c.queue == queue and c.state is CallState.WAITING
+        ]
+        if not waiting and queue not in self._published:
+            return
+        self._published.add(queue)
+        self._registry.write_queue(
+            QueueSummary(
+                node=self.node_id,
+                queue=queue,
+                waiting=len(waiting),
+                oldest_since_ms=min((c.arrived_ms for c in waiting), default=0),
+                top_priority=config.priority if config is not None else 0,
+                required_skills=config.skills if config is not None else (),
+            )
+        )
+        self._on_change()
+
+    # -- running -----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Route every waiting call again every `retry_s`, until cancelled."""
+        while True:
+            await asyncio.sleep(self._retry_s)
+            for call in list(self.calls.values()):
+                if call.state is CallState.WAITING:
+                    self._route_soon(call.call_id)
+
+    def _spawn(self, work: Coroutine[Any, Any, Any], name: str) -> None:
+        task = asyncio.create_task(self._guard(work, name), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, work: Coroutine[Any, Any, Any], name: str) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("switchboard %s: %s failed", self.node_id, name)
+
+    async def close(self) -> None:
+        for timer in self._ring.values():
+            timer.cancel()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
