@@ -26,6 +26,10 @@ from registry.registry import Registry
 
 log = logging.getLogger(__name__)
 
+WATCHDOG_S = 2.0
+"""How often the home node asks each answered call's owner whether the call is still live."""
+WATCHDOG_MISSES = 3
+"""An owner unreachable this many checks in a row is taken as dead: its calls' agents are freed."""
 EXPIRY_MARGIN_S = 2.0
 """A reservation the owner neither confirms nor releases lapses this long after its ring timeout."""
 
@@ -39,6 +43,7 @@ class Offer:
     wrap_up_s: float
     answered: bool = False
     expiry: asyncio.TimerHandle | None = None
+    unreachable: int = 0  # watchdog checks in a row the owner did not answer
 
 
 class OfferError(SessionError):
@@ -218,6 +223,34 @@ class AgentDesk:
             return
         if record.state is AgentState.WRAP_UP and record.active_calls == 0:
             self.finish_wrap_up(agent_id)
+
+    # -- the watchdog: calls whose owner died ------------------------------------------------
+
+    async def watch_owners(self, every_s: float = WATCHDOG_S) -> None:
+        """Free agents whose answered call its owner no longer holds, or whose owner stays
+        unreachable, until cancelled (the owner closes the call as failed when it restarts)."""
+        while True:
+            await asyncio.sleep(every_s)
+            for agent_id, offers in list(self.offers.items()):
+                for call_id, offer in list(offers.items()):
+                    if offer.answered:
+                        await self._check(agent_id, call_id, offer)
+
+    async def _check(self, agent_id: str, call_id: str, offer: Offer) -> None:
+        owner = self._link.owner(offer.call.owner_node)
+        verdict = await owner.report(call_id, agent_id, AgentAction.CHECK, offer.epoch)
+        if verdict.accepted:
+            offer.unreachable = 0
+            return
+        if verdict.reason == "call_gone" or verdict.reason == "":
+            why = "its owner no longer holds it"
+        else:
+            offer.unreachable += 1
+            if offer.unreachable < WATCHDOG_MISSES:
+                return
+            why = f"its owner {offer.call.owner_node} is unreachable ({verdict.reason})"
+        log.warning("call %s: freeing agent %s: %s", call_id, agent_id, why)
+        await self.release(call_id, agent_id, ReleaseReason.ENDED)
 
     # -- pulling the best waiting call -------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from node.calls_rpc import CallsServicer, NodeLink
 from node.cdr import CallRecords
 from node.config import NodeConfig
 from node.etcd import Etcd
+from node.exchange import ReleaseReason
 from node.gossip import Gossip, GossipTimers
 from node.http_api import make_app
 from node.membership import Member, Membership
@@ -185,6 +186,9 @@ class Node:
             self._spawn(membership.watch(), "membership watch")
             self._spawn(sessions.watch(), "session watch")
             self._spawn(board.run(), "call routing")
+            self._spawn(desk.watch_owners(), "owner watchdog")
+            if orphans:
+                self._spawn(self._free_orphan_agents(link, orphans), "free orphans' agents")
             print(
                 f"node {config.node_id} site {config.site} http {self.http_address} "
                 f"grpc {self.gossip.address}",
@@ -199,6 +203,28 @@ class Node:
             await asyncio.sleep(LEAVE_FLUSH_S)
             with contextlib.suppress(Exception):
                 await membership.deregister()
+
+    async def _free_orphan_agents(
+        self, link: NodeLink, orphans: list[tuple[str, str, str]]
+    ) -> None:
+        """Tell the home nodes of agents offered a call this node closed as failed on start."""
+        pending = [(call, agent, node) for call, agent, node in orphans if agent]
+        for _ in range(20):  # the agents' nodes become known as gossip syncs
+            still = []
+            for call_id, agent_id, node in pending:
+                try:
+                    await link.desk(node).release(call_id, agent_id, ReleaseReason.ENDED)
+                except ConnectionError:
+                    still.append((call_id, agent_id, node))
+            if not still:
+                return
+            pending = still
+            await asyncio.sleep(0.5)
+        log.warning(
+            "node %s could not free the agents of %d failed calls",
+            self.config.node_id,
+            len(pending),
+        )
 
     def _agent_available(self, agent_id: str) -> None:
         if self.desk is not None:

@@ -36,6 +36,7 @@ _ACTION_TO_WIRE = {
     AgentAction.ANSWER: pb.AGENT_ACTION_ANSWER,
     AgentAction.REJECT: pb.AGENT_ACTION_REJECT,
     AgentAction.HANGUP: pb.AGENT_ACTION_HANGUP,
+    AgentAction.CHECK: pb.AGENT_ACTION_CHECK,
 }
 _ACTION_FROM_WIRE = {wire: action for action, wire in _ACTION_TO_WIRE.items()}
 MAX_TEXT = 4096

@@ -85,9 +85,12 @@ class CallRecords:
     def close(self) -> None:
         self._db.close()
 
-    def close_orphans(self, now_ms: int, reason: str) -> list[str]:
-        """Close calls left open by an earlier run as failed; their ids."""
-        rows = self._db.execute("SELECT call_id FROM calls WHERE outcome IS NULL").fetchall()
+    def close_orphans(self, now_ms: int, reason: str) -> list[tuple[str, str, str]]:
+        """Close calls left open by an earlier run as failed; (call id, agent id, agent node) of
+        each, the agent's fields empty when none was offered the call."""
+        rows = self._db.execute(
+            "SELECT call_id, agent_id, agent_node FROM calls WHERE outcome IS NULL"
+        ).fetchall()
         with self._db:
             self._db.execute("BEGIN")
             self._db.execute(
@@ -98,7 +101,7 @@ class CallRecords:
             self._db.execute(
                 "UPDATE legs SET ended_ms = ?, result = 'failed' WHERE ended_ms = 0", (now_ms,)
             )
-        return [row[0] for row in rows]
+        return [(row[0], row[1], row[2]) for row in rows]
 
     def save(self, call: Call) -> None:
         """Insert or update the call's row."""

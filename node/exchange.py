@@ -38,6 +38,7 @@ class AgentAction(enum.Enum):
     ANSWER = "answer"
     REJECT = "reject"
     HANGUP = "hangup"
+    CHECK = "check"  # the home node's watchdog: is the call still live with this agent?
 
 
 @dataclass(frozen=True, slots=True)

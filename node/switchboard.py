@@ -126,6 +126,8 @@ class Switchboard:
         call = self.calls.get(call_id)
         if call is None or call.agent_id != agent_id or call.epoch != epoch:
             return Verdict(False, "call_gone")
+        if action is AgentAction.CHECK:
+            return Verdict(call.state in (CallState.OFFERED, CallState.TALKING))
         try:
             if action is AgentAction.ANSWER:
                 self._apply(call, CallEvent.ANSWER)

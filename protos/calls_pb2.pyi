@@ -56,6 +56,8 @@ class _AgentActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentActi
     AGENT_ACTION_ANSWER: _AgentAction.ValueType  # 1
     AGENT_ACTION_REJECT: _AgentAction.ValueType  # 2
     AGENT_ACTION_HANGUP: _AgentAction.ValueType  # 3
+    AGENT_ACTION_CHECK: _AgentAction.ValueType  # 4
+    """is the call still live with this agent? (a watchdog)"""
 
 class AgentAction(_AgentAction, metaclass=_AgentActionEnumTypeWrapper):
     """Home -> owner: the agent answered, rejected or hung up."""
@@ -64,6 +66,8 @@ AGENT_ACTION_UNSPECIFIED: AgentAction.ValueType  # 0
 AGENT_ACTION_ANSWER: AgentAction.ValueType  # 1
 AGENT_ACTION_REJECT: AgentAction.ValueType  # 2
 AGENT_ACTION_HANGUP: AgentAction.ValueType  # 3
+AGENT_ACTION_CHECK: AgentAction.ValueType  # 4
+"""is the call still live with this agent? (a watchdog)"""
 Global___AgentAction: _TypeAlias = AgentAction  # noqa: Y015
 
 @_typing.final

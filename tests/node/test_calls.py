@@ -181,3 +181,33 @@ async def test_bad_call_requests_get_clear_errors(calls: Client) -> None:
     assert (status, body["error"]) == (404, "call_not_found")
     status, body = await client.post("site-a-n1", "/agents/zed/calls/x/answer")
     assert (status, body["error"]) == (404, "session_not_here")
+
+
+@pytest.mark.slow
+async def test_a_node_killed_mid_call_frees_the_agent_and_records_the_call_failed(
+    calls: Client,
+) -> None:
+    client = calls
+    await client.post("site-b-n2", "/agents/fin/login", {"skills": {"sales": 5}})
+    await eventually(lambda: _known(client, "site-a-n1", "fin"), 3)
+    call = await place(client, "site-a-n1")
+    await offered(client, "site-b-n2", "fin")
+    status, body = await client.post("site-b-n2", f"/agents/fin/calls/{call['call_id']}/answer")
+    assert status == 200, body
+    await client.cluster.kill_node("site-a-n1")
+
+    async def fin_not_on_the_call() -> bool:
+        record = await client.agent("site-b-n2", "fin")
+        return (
+            record is not None
+            and record["state"] in ("wrap-up", "available")
+            and (record["active_calls"] == 0)
+        )
+
+    await eventually(fin_not_on_the_call, 12, "fin freed after the owner died")
+    await client.cluster.start_node("site-a-n1")
+    await client.all_ready(20)
+    status, record = await client.get("site-a-n1", f"/records/{call['call_id']}")
+    assert status == 200, record
+    assert record["call"]["outcome"] == "failed"
+    assert "restarted" in record["call"]["reason"]

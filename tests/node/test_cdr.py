@@ -30,9 +30,13 @@ def test_rows_and_legs_survive_a_reopen(tmp_path: Path) -> None:
 def test_calls_left_open_are_closed_as_failed_once(tmp_path: Path) -> None:
     records = CallRecords(tmp_path / "calls.db")
     records.save(Call("open", "n1", "sales", "x", 1))
+    records.save(Call("offered", "n1", "sales", "x", 1, CallState.OFFERED, "ann", "n2"))
     done = Call("done", "n1", "sales", "x", 1, CallState.ENDED, outcome=Outcome.COMPLETED)
     records.save(done)
-    assert records.close_orphans(99, "node restarted") == ["open"]
+    assert sorted(records.close_orphans(99, "node restarted")) == [
+        ("offered", "ann", "n2"),
+        ("open", "", ""),
+    ]
     row = records.call("open")
     assert row is not None
     assert (row["outcome"], row["reason"], row["ended_ms"]) == ("failed", "node restarted", 99)
