@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from node import metrics
 from node.agentdesk import AgentDesk
 from node.calls_api import add_call_routes
 from node.calls_rpc import CallsServicer, NodeLink
@@ -132,6 +133,7 @@ class Node:
                 on_lease_granted=self._lease_granted,
             )
             self._etcd = await stack.enter_async_context(etcd)
+            metrics.install(config, self.registry, self.gossip, etcd, self)
             sessions = Sessions(
                 etcd,
                 self.registry,

@@ -1,0 +1,26 @@
+# The callmesh node image: `docker build -t callmesh:0.1.0 .` (the k8s base names it callmesh:0.1.0;
+# point the overlays' `images:` at your registry). Runtime dependencies only, pinned by
+# constraints.txt; runs as an unprivileged user; SIGTERM goes straight to the node (exec form).
+FROM python:3.11-slim-bookworm AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY pyproject.toml constraints.txt ./
+COPY registry ./registry
+COPY protos ./protos
+COPY node ./node
+COPY loadtest ./loadtest
+RUN python -m venv /opt/callmesh \
+    && /opt/callmesh/bin/pip install -c constraints.txt .
+
+FROM python:3.11-slim-bookworm
+ENV PATH=/opt/callmesh/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+COPY --from=build /opt/callmesh /opt/callmesh
+RUN groupadd --system --gid 10001 callmesh \
+    && useradd --system --uid 10001 --gid callmesh --home-dir /var/lib/callmesh callmesh \
+    && mkdir -p /var/lib/callmesh /etc/callmesh \
+    && chown callmesh:callmesh /var/lib/callmesh
+USER 10001:10001
+WORKDIR /var/lib/callmesh
+EXPOSE 8080 7070
+ENTRYPOINT ["callmesh"]
+CMD ["node", "--config", "/etc/callmesh/node.toml"]
