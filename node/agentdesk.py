@@ -38,7 +38,6 @@ EXPIRY_MARGIN_S = 2.0
 class Offer:
     call: CallInfo
     slot_key: str
-    slot_revision: int
     epoch: int
     wrap_up_s: float
     answered: bool = False
@@ -106,8 +105,6 @@ class AgentDesk:
         for slot in range(record.capacity):
             key = f"{base}slots/{slot}"
             if await self._etcd.put_if(key, value, mod_revision=0, leased=True, guards=guard):
-                taken = await self._etcd.get(key)
-                revision = taken.mod_revision if taken is not None else 0
                 break
         else:
             return Reservation(False, "at_capacity")
@@ -121,7 +118,7 @@ class AgentDesk:
                 state_since_ms=_now_ms() if record.active_calls == 0 else record.state_since_ms,
             )
         )
-        offer = Offer(call, key, revision, record.epoch, wrap_up_s)
+        offer = Offer(call, key, record.epoch, wrap_up_s)
         loop = asyncio.get_running_loop()
         offer.expiry = loop.call_later(
             ring_timeout_s + EXPIRY_MARGIN_S, self._spawn_expiry, agent_id, call.call_id
@@ -138,11 +135,11 @@ class AgentDesk:
             return  # already released (an expiry, a reject, a retry of the owner)
         if offer.expiry is not None:
             offer.expiry.cancel()
-        await self._etcd.delete_if(offer.slot_key, mod_revision=offer.slot_revision)
         try:
             record = self._sessions.held_record(agent_id)
         except SessionError:
-            return  # the session moved or the node is fenced: the new holder owns the record
+            return  # the session moved or the node is fenced: its slots are not ours to free
+        await self._etcd.delete(offer.slot_key)  # only the session's holder writes its slots
         active = max(0, record.active_calls - 1)
         if reason is ReleaseReason.ENDED:
             state, why = AgentState.WRAP_UP, ""

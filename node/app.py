@@ -68,6 +68,10 @@ class Node:
         self._watching = False
         self.http_address = ""
 
+    @property
+    def sessions(self) -> Sessions | None:
+        return self._sessions
+
     # -- readiness -------------------------------------------------------------------------------
 
     def reasons_not_ready(self) -> list[str]:

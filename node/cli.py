@@ -23,8 +23,16 @@ def _bench_gossip() -> dict[str, float]:
     return run()
 
 
+def _bench_routing() -> dict[str, float]:
+    from loadtest.bench_exchange import exchange
+    from loadtest.bench_routing import decision
+
+    return {**decision(), **exchange()}
+
+
 BENCHMARKS: dict[str, Callable[[], dict[str, float]]] = {
     "gossip": _bench_gossip,
+    "routing": _bench_routing,
     "registry": _bench_registry,
 }
 

@@ -17,11 +17,12 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import replace
 from typing import Any
 
-from node.callstate import Call, CallEvent, CallState, WrongState, transition
+from node import metrics
+from node.callstate import Call, CallEvent, CallState, Outcome, WrongState, transition
 from node.cdr import CallRecords
 from node.exchange import AgentAction, CallInfo, Link, ReleaseReason, Verdict
 from node.queues import QueueConfig
-from node.routing import eligible, rank_agents, reached_steps
+from node.routing import AgentIndex, eligible, rank_agents, reached_steps
 from registry.records import AgentRecord, AgentState, QueueSummary
 from registry.registry import Registry
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 CANDIDATES_PER_ROUND = 5
 MISSED_AGENT_COOLDOWN_S = 30.0
+CLAIM_S = 2.0
 
 
 class UnknownCall(Exception):
@@ -73,6 +75,10 @@ class Switchboard:
         self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self._published: set[str] = set()
+        self._index = AgentIndex()  # the registry's agents by skill, kept up to date on use
+        # agents this node is asking or has offered a call, until gossip shows them busy: other
+        # calls here skip them instead of all asking the same best agent at once
+        self._claimed: dict[str, float] = {}
 
     @property
     def node_id(self) -> str:
@@ -157,9 +163,10 @@ class Switchboard:
             (c for c in self.calls.values() if c.queue == queue and c.state is CallState.WAITING),
             key=lambda c: (c.arrived_ms, c.call_id),
         )
+        self._index.refresh(self._registry)
         for call in waiting:
             waited_s = (_now_ms() - call.arrived_ms) / 1000
-            steps = reached_steps(config, waited_s, self._registry.agents())
+            steps = reached_steps(config, waited_s, self._index)
             if not eligible(free, config, steps):
                 continue
             for _ in range(100):  # a retry round routing this call: let it finish first
@@ -201,19 +208,29 @@ class Switchboard:
         now = time.monotonic()
         tried = self._tried.get(call_id, {})
         exclude = frozenset(a for a, t in tried.items() if now - t < MISSED_AGENT_COOLDOWN_S)
+        exclude |= self._still_claimed(now)
         ranked = candidates
         if ranked is None:
-            agents = self._registry.agents()
-            ranked = rank_agents(agents, queue, waited_s, self._site, exclude=exclude)
+            started = time.perf_counter()
+            self._index.refresh(self._registry)
+            ranked = rank_agents(self._index, queue, waited_s, self._site, exclude=exclude)
+            metrics.ROUTING_DECISION.labels(self._site).observe(time.perf_counter() - started)
         info = CallInfo(call.call_id, self.node_id, call.queue, call.caller, call.arrived_ms)
         for agent in ranked[:CANDIDATES_PER_ROUND]:
+            if candidates is None and agent.agent_id in self._claimed:
+                continue  # claimed by another call of this node since the ranking
+            self._claimed[agent.agent_id] = now
             desk = self._link.desk(agent.home_node)
+            asked = time.perf_counter()
             try:
                 answer = await asyncio.wait_for(
                     desk.reserve(info, agent.agent_id, queue.ring_timeout_s, queue.wrap_up_s),
                     self._rpc_timeout_s,
                 )
             except (TimeoutError, ConnectionError) as error:
+                self._count_offer(
+                    agent, "timeout" if isinstance(error, TimeoutError) else "failed", asked
+                )
                 log.warning(
                     "call %s: %s at %s did not answer (%s)",
                     call_id,
@@ -222,7 +239,9 @@ class Switchboard:
                     error or "timeout",
                 )
                 continue
+            self._count_offer(agent, "accepted" if answer.reserved else "refused", asked)
             if not answer.reserved:
+                self._claimed.pop(agent.agent_id, None)
                 log.info("call %s: %s refused (%s)", call_id, agent.agent_id, answer.reason)
                 continue
             current = self.calls.get(call_id)
@@ -246,6 +265,16 @@ class Switchboard:
             )
             return True
         return False
+
+    def _still_claimed(self, now: float) -> frozenset[str]:
+        """Claims younger than CLAIM_S (by then gossip shows the agents' real state)."""
+        for agent_id in [a for a, t in self._claimed.items() if now - t > CLAIM_S]:
+            del self._claimed[agent_id]
+        return frozenset(self._claimed)
+
+    def _count_offer(self, agent: AgentRecord, result: str, asked: float) -> None:
+        metrics.OFFERS.labels(self._site, str(agent.tier), result).inc()
+        metrics.RESERVATION.labels(self._site, result).observe(time.perf_counter() - asked)
 
     def _ring_timeout(self, call_id: str, agent_id: str) -> None:
         call = self.calls.get(call_id)
@@ -299,6 +328,10 @@ class Switchboard:
             self._records.update_leg(
                 call.call_id, call.agent_id, ended_ms=now, result=outcome.value
             )
+        if call.agent_id and (outcome is not None or event is CallEvent.MISS):
+            self._claimed.pop(call.agent_id, None)
+        if outcome is not None:
+            self._count_end(changed, outcome)
         if state is CallState.ENDED:
             self.calls.pop(call.call_id, None)
             self._tried.pop(call.call_id, None)
@@ -314,6 +347,22 @@ class Switchboard:
         if state is CallState.WAITING or call.state is CallState.WAITING:
             self._publish(call.queue)
         return changed
+
+    def _count_end(self, call: Call, outcome: Outcome) -> None:
+        site, queue = self._site, call.queue
+        metrics.CALLS.labels(site, queue, outcome.value).inc()
+        answered = call.answered_ms > 0
+        end_of_wait = call.answered_ms if answered else call.ended_ms
+        waited_s = max(0, end_of_wait - call.arrived_ms) / 1000
+        result = "answered" if answered else outcome.value
+        metrics.CALL_WAIT.labels(site, queue, result).observe(waited_s)
+        if answered:
+            metrics.CALL_TALK.labels(site, queue).observe((call.ended_ms - call.answered_ms) / 1000)
+        config = self._queues().get(queue)
+        if config is not None and (answered or outcome is Outcome.ABANDONED):
+            met = answered and waited_s <= config.service_level_s
+            if answered or waited_s > config.service_level_s:  # quick abandons do not count
+                metrics.SERVICE_LEVEL_CALLS.labels(site, queue, str(met).lower()).inc()
 
     def _publish(self, queue: str) -> None:
         """Write this node's summary of `queue` for the other nodes (what waits, how old)."""

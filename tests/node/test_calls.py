@@ -100,6 +100,10 @@ async def test_a_call_at_site_a_is_answered_by_the_only_eligible_agent_at_site_b
     assert status == 200
     assert record["call"]["outcome"] == "completed"
     assert [(leg["agent_id"], leg["result"]) for leg in record["legs"]] == [("bea", "completed")]
+    async with client.http.get(client.url("site-a-n1", "/metrics")) as response:
+        exposition = await response.text()
+    assert 'callmesh_calls_total{outcome="completed",queue="sales",site="site-a"} 1.0' in exposition
+    assert 'callmesh_offers_total{result="accepted",site="site-a",tier="1"} 1.0' in exposition
 
 
 async def _known(client: Client, node: str, agent: str) -> bool:
