@@ -133,7 +133,7 @@ async def measure() -> dict[str, float]:
             board = owner.switchboard
             assert board is not None
             start = time.perf_counter()
-            calls = [board.arrive("bench", f"+{i}") for i in range(BURST_CALLS)]
+            calls = [await board.arrive("bench", f"+{i}") for i in range(BURST_CALLS)]
             deadline = time.monotonic() + 60
             while any(board.calls[c.call_id].state is CallState.WAITING for c in calls):
                 if time.monotonic() > deadline:

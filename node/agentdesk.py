@@ -180,18 +180,23 @@ class AgentDesk:
         self._sessions.held_record(agent_id)
         return list(self.offers.get(agent_id, {}).values())
 
-    async def act(self, agent_id: str, call_id: str, action: AgentAction) -> Verdict:
-        """The agent answers, rejects or hangs up; the call's owner decides what follows."""
+    async def act(
+        self, agent_id: str, call_id: str, action: AgentAction, *, queue: str = "", notes: str = ""
+    ) -> Verdict:
+        """The agent answers, rejects, hangs up or escalates; the call's owner decides what
+        follows (an escalation or a hang-up comes back as a release into wrap-up)."""
         record = self._sessions.held_record(agent_id)
         offer = self.offers.get(agent_id, {}).get(call_id)
         if offer is None:
             raise OfferError(f"agent {agent_id} has no offer or call {call_id}")
         if action is AgentAction.ANSWER and offer.answered:
             return Verdict(True, "already answered")
-        if action is AgentAction.HANGUP and not offer.answered:
+        if action in (AgentAction.HANGUP, AgentAction.ESCALATE) and not offer.answered:
             raise OfferError(f"call {call_id} is not answered yet: reject it instead")
         owner = self._link.owner(offer.call.owner_node)
-        verdict = await owner.report(call_id, agent_id, action, offer.epoch)
+        verdict = await owner.report(
+            call_id, agent_id, action, offer.epoch, queue=queue, notes=notes
+        )
         if action is AgentAction.ANSWER and verdict.accepted:
             offer.answered = True
             if offer.expiry is not None:
@@ -201,7 +206,9 @@ class AgentDesk:
                 replace(record, state=AgentState.TALKING, state_since_ms=_now_ms())
             )
             log.info("agent %s answered call %s", agent_id, call_id)
-        elif action is AgentAction.REJECT or not verdict.accepted:
+        elif action is AgentAction.REJECT or (
+            not verdict.accepted and action is AgentAction.ANSWER
+        ):
             await self.release(call_id, agent_id, ReleaseReason.CANCELLED)
         return verdict
 

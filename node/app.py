@@ -24,6 +24,7 @@ from node.calls_api import add_call_routes
 from node.calls_rpc import CallsServicer, NodeLink
 from node.cdr import CallRecords
 from node.config import NodeConfig
+from node.crm import SqliteDirectory, directory_from
 from node.etcd import Etcd
 from node.exchange import ReleaseReason
 from node.gossip import Gossip, GossipTimers
@@ -159,6 +160,9 @@ class Node:
             link = NodeLink(self.registry, config.rpc_timeout_s)
             stack.push_async_callback(link.close)
             desk = AgentDesk(etcd, self.registry, sessions, link, queues)
+            customers = directory_from(config.crm, data_dir)
+            if isinstance(customers, SqliteDirectory):
+                stack.callback(customers.close)
             board = Switchboard(
                 self.registry,
                 config.site,
@@ -166,6 +170,7 @@ class Node:
                 link,
                 queues,
                 self.gossip.changed,
+                customers,
                 rpc_timeout_s=config.rpc_timeout_s,
             )
             stack.push_async_callback(desk.close)

@@ -19,6 +19,7 @@ from node.http_api import BadRequest, _body, agent_id_from
 from node.switchboard import Switchboard
 
 MAX_CALLER = 128
+MAX_NOTES = 2000
 
 
 def call_json(call: Call, position: int = 0) -> dict[str, Any]:
@@ -33,6 +34,8 @@ def call_json(call: Call, position: int = 0) -> dict[str, Any]:
         "agent_node": call.agent_node,
         "outcome": None if call.outcome is None else call.outcome.value,
         "reason": call.reason,
+        "notes": call.notes,
+        "escalations": call.escalations,
         "position": position,
     }
 
@@ -46,6 +49,7 @@ def offer_json(offer: Offer) -> dict[str, Any]:
         "caller": call.caller,
         "arrived_ms": call.arrived_ms,
         "notes": call.notes,
+        "customer": dict(call.customer),
         "answered": offer.answered,
     }
 
@@ -60,7 +64,7 @@ def add_call_routes(
             raise BadRequest('queue and caller must be strings, e.g. {"queue": "sales"}')
         if len(caller) > MAX_CALLER:
             raise BadRequest(f"caller must be at most {MAX_CALLER} characters")
-        call = board.arrive(queue, caller)
+        call = await board.arrive(queue, caller)
         return web.json_response(call_json(call, board.position(call)), status=201)
 
     async def show(request: web.Request) -> web.Response:
@@ -108,6 +112,23 @@ def add_call_routes(
 
         return handler
 
+    async def escalate(request: web.Request) -> web.Response:
+        agent = agent_id_from(request)
+        body = await _body(request)
+        queue, notes = body.get("queue"), body.get("notes", "")
+        if not isinstance(queue, str) or not isinstance(notes, str) or len(notes) > MAX_NOTES:
+            raise BadRequest(
+                f"queue must be a string and notes a string of at most {MAX_NOTES} characters, "
+                f'e.g. {{"queue": "escalations", "notes": "wants a refund"}}'
+            )
+        verdict = await desk.act(
+            agent, request.match_info["call_id"], AgentAction.ESCALATE, queue=queue, notes=notes
+        )
+        status = 200 if verdict.accepted else 409
+        return web.json_response(
+            {"accepted": verdict.accepted, "reason": verdict.reason}, status=status
+        )
+
     async def wrap_up_done(request: web.Request) -> web.Response:
         desk.finish_wrap_up(agent_id_from(request))
         return web.json_response({"state": "available"})
@@ -121,4 +142,5 @@ def add_call_routes(
     app.router.add_post("/agents/{agent_id}/calls/{call_id}/answer", action(AgentAction.ANSWER))
     app.router.add_post("/agents/{agent_id}/calls/{call_id}/reject", action(AgentAction.REJECT))
     app.router.add_post("/agents/{agent_id}/calls/{call_id}/hangup", action(AgentAction.HANGUP))
+    app.router.add_post("/agents/{agent_id}/calls/{call_id}/escalate", escalate)
     app.router.add_post("/agents/{agent_id}/wrap-up/done", wrap_up_done)

@@ -37,6 +37,7 @@ _ACTION_TO_WIRE = {
     AgentAction.REJECT: pb.AGENT_ACTION_REJECT,
     AgentAction.HANGUP: pb.AGENT_ACTION_HANGUP,
     AgentAction.CHECK: pb.AGENT_ACTION_CHECK,
+    AgentAction.ESCALATE: pb.AGENT_ACTION_ESCALATE,
 }
 _ACTION_FROM_WIRE = {wire: action for action, wire in _ACTION_TO_WIRE.items()}
 MAX_TEXT = 4096
@@ -50,7 +51,16 @@ def _call_to_wire(call: CallInfo) -> pb.CallInfo:
         caller=call.caller,
         arrived_ms=call.arrived_ms,
         notes=call.notes,
+        customer=dict(call.customer),
     )
+
+
+def _is_id(value: str) -> bool:
+    try:
+        check_id("id", value)
+    except InvalidRecord:
+        return False
+    return True
 
 
 def _call_from_wire(message: pb.CallInfo) -> CallInfo:
@@ -58,6 +68,10 @@ def _call_from_wire(message: pb.CallInfo) -> CallInfo:
         check_id(name, getattr(message, name))
     if len(message.caller) > 256 or len(message.notes) > MAX_TEXT:
         raise InvalidRecord("caller or notes too long")
+    if len(message.customer) > 200 or any(
+        len(k) > 64 or len(v) > 1024 for k, v in message.customer.items()
+    ):
+        raise InvalidRecord("customer record too large")
     return CallInfo(
         message.call_id,
         message.owner_node,
@@ -65,6 +79,7 @@ def _call_from_wire(message: pb.CallInfo) -> CallInfo:
         message.caller,
         message.arrived_ms,
         message.notes,
+        dict(message.customer),
     )
 
 
@@ -123,7 +138,16 @@ class CallsServicer(pb_grpc.CallsServicer):
         if action is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown agent action")
             raise AssertionError
-        verdict = await owner.report(request.call_id, request.agent_id, action, request.epoch)
+        if len(request.notes) > MAX_TEXT or (request.queue and not _is_id(request.queue)):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad escalation queue or notes")
+        verdict = await owner.report(
+            request.call_id,
+            request.agent_id,
+            action,
+            request.epoch,
+            queue=request.queue,
+            notes=request.notes,
+        )
         return pb.AgentEventReply(accepted=verdict.accepted, reason=verdict.reason)
 
     async def Pull(
@@ -173,11 +197,25 @@ class _RemoteOwner:
         self._stub = stub
         self._timeout_s = timeout_s
 
-    async def report(self, call_id: str, agent_id: str, action: AgentAction, epoch: int) -> Verdict:
+    async def report(
+        self,
+        call_id: str,
+        agent_id: str,
+        action: AgentAction,
+        epoch: int,
+        *,
+        queue: str = "",
+        notes: str = "",
+    ) -> Verdict:
         try:
             reply = await self._stub.Report(
                 pb.AgentEvent(
-                    call_id=call_id, agent_id=agent_id, action=_ACTION_TO_WIRE[action], epoch=epoch
+                    call_id=call_id,
+                    agent_id=agent_id,
+                    action=_ACTION_TO_WIRE[action],
+                    epoch=epoch,
+                    queue=queue,
+                    notes=notes,
                 ),
                 timeout=self._timeout_s,
             )
@@ -210,7 +248,16 @@ class _Unreachable:
     async def release(self, call_id: str, agent_id: str, reason: ReleaseReason) -> None:
         raise ConnectionError(f"no address known for node {self._node_id}")
 
-    async def report(self, call_id: str, agent_id: str, action: AgentAction, epoch: int) -> Verdict:
+    async def report(
+        self,
+        call_id: str,
+        agent_id: str,
+        action: AgentAction,
+        epoch: int,
+        *,
+        queue: str = "",
+        notes: str = "",
+    ) -> Verdict:
         return Verdict(False, f"no address known for node {self._node_id}")
 
     async def pull(self, agent_id: str, home_node: str, queue: str) -> bool:

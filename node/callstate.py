@@ -19,6 +19,7 @@ class CallEvent(enum.Enum):
     ANSWER = "answer"  # the offered agent answered
     CALLER_HANGUP = "caller_hangup"
     AGENT_HANGUP = "agent_hangup"
+    TRANSFER = "transfer"  # the agent hands the call to another queue (escalation)
     OVERFLOW = "overflow"  # waited past the queue's maximum
     FAIL = "fail"  # the node could not carry the call on (e.g. it restarted)
 
@@ -45,6 +46,7 @@ TRANSITIONS: dict[tuple[CallState, CallEvent], tuple[CallState, Outcome | None]]
     (S.OFFERED, E.CALLER_HANGUP): (S.ENDED, Out.ABANDONED),
     (S.TALKING, E.CALLER_HANGUP): (S.ENDED, Out.COMPLETED),
     (S.TALKING, E.AGENT_HANGUP): (S.ENDED, Out.COMPLETED),
+    (S.TALKING, E.TRANSFER): (S.WAITING, None),
     (S.WAITING, E.OVERFLOW): (S.ENDED, Out.OVERFLOWED),
     (S.WAITING, E.FAIL): (S.ENDED, Out.FAILED),
     (S.OFFERED, E.FAIL): (S.ENDED, Out.FAILED),
@@ -79,3 +81,5 @@ class Call:
     outcome: Outcome | None = None
     reason: str = ""
     missed: int = 0  # offers that lapsed
+    notes: str = ""  # escalation notes, each line "agent: text"
+    escalations: int = 0

@@ -28,7 +28,9 @@ CREATE TABLE IF NOT EXISTS calls (
     agent_node  TEXT NOT NULL DEFAULT '',
     outcome     TEXT,
     reason      TEXT NOT NULL DEFAULT '',
-    missed      INTEGER NOT NULL DEFAULT 0
+    missed      INTEGER NOT NULL DEFAULT 0,
+    notes       TEXT NOT NULL DEFAULT '',
+    escalations INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS legs (
     call_id     TEXT NOT NULL REFERENCES calls(call_id),
@@ -58,6 +60,8 @@ _COLUMNS = [
     "outcome",
     "reason",
     "missed",
+    "notes",
+    "escalations",
 ]
 
 
@@ -81,6 +85,17 @@ class CallRecords:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes
         self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns a database made by an older version lacks."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(calls)")}
+        for column, kind in (
+            ("notes", "TEXT NOT NULL DEFAULT ''"),
+            ("escalations", "INTEGER NOT NULL DEFAULT 0"),
+        ):
+            if column not in have:
+                self._db.execute(f"ALTER TABLE calls ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self._db.close()
@@ -120,6 +135,8 @@ class CallRecords:
             None if call.outcome is None else call.outcome.value,
             call.reason,
             call.missed,
+            call.notes,
+            call.escalations,
         )
         self._db.execute(
             f"INSERT OR REPLACE INTO calls ({', '.join(_COLUMNS)}) "

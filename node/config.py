@@ -63,6 +63,9 @@ class NodeConfig:
     """uvloop or asyncio."""
     data_dir: str = "callmesh-data"
     """Where the node keeps its call records (SQLite); a relative path is under the cwd."""
+    crm: str = ""
+    """Customer records for the screen pop: empty for the embedded SQLite directory with sample
+    customers (in data_dir), or "script:PROGRAM ARG..." for an operator's program (no shell)."""
     queues_file: str = ""
     """The queue configuration (TOML, reloaded on change); empty: the built-in sample queues."""
     fault_injection: bool = False

@@ -5,7 +5,8 @@ directly when both are this node)."""
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -19,6 +20,7 @@ class CallInfo:
     caller: str
     arrived_ms: int
     notes: str = ""
+    customer: Mapping[str, str] = field(default_factory=dict)  # cut to the agent's site trust
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,7 @@ class AgentAction(enum.Enum):
     REJECT = "reject"
     HANGUP = "hangup"
     CHECK = "check"  # the home node's watchdog: is the call still live with this agent?
+    ESCALATE = "escalate"  # hand the call to another queue, with notes (a cold transfer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +64,14 @@ class Owner(Protocol):
     """A call's owner node, as an agent's home node sees it."""
 
     async def report(
-        self, call_id: str, agent_id: str, action: AgentAction, epoch: int
+        self,
+        call_id: str,
+        agent_id: str,
+        action: AgentAction,
+        epoch: int,
+        *,
+        queue: str = "",
+        notes: str = "",
     ) -> Verdict: ...
 
     async def pull(self, agent_id: str, home_node: str, queue: str) -> bool: ...

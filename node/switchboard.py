@@ -20,6 +20,7 @@ from typing import Any
 from node import metrics
 from node.callstate import Call, CallEvent, CallState, Outcome, WrongState, transition
 from node.cdr import CallRecords
+from node.crm import Customer, Directory, visible
 from node.exchange import AgentAction, CallInfo, Link, ReleaseReason, Verdict
 from node.queues import QueueConfig
 from node.routing import AgentIndex, eligible, rank_agents, reached_steps
@@ -56,6 +57,7 @@ class Switchboard:
         link: Link,
         queues: Callable[[], Mapping[str, QueueConfig]],
         on_change: Callable[[], None],
+        customers: Directory | None = None,
         *,
         rpc_timeout_s: float = 1.0,
         retry_s: float = 0.5,
@@ -66,6 +68,8 @@ class Switchboard:
         self._link = link
         self._queues = queues
         self._on_change = on_change
+        self._customers = customers
+        self._customer: dict[str, Customer | None] = {}  # live call -> its customer record
         self._rpc_timeout_s = rpc_timeout_s
         self._retry_s = retry_s
         self.calls: dict[str, Call] = {}  # live calls; ended ones live in the records
@@ -86,14 +90,23 @@ class Switchboard:
 
     # -- callers -----------------------------------------------------------------------------------
 
-    def arrive(self, queue: str, caller: str) -> Call:
+    async def arrive(self, queue: str, caller: str) -> Call:
+        """Accept a call: look up the caller's customer record for the screen pop, record the
+        call, and route it."""
         if queue not in self._queues():
             known = ", ".join(sorted(self._queues()))
             raise UnknownQueue(f"no queue {queue!r}; queues: {known}")
+        customer = None
+        if self._customers is not None:
+            try:
+                customer = await self._customers.lookup(caller)
+            except Exception:  # a broken directory costs the screen pop, never the call
+                log.exception("customer look-up for %s failed; routing without it", caller)
         call_id = f"{self.node_id}-{_now_ms():x}-{next(self._ids)}"
         call = Call(call_id, self.node_id, queue, caller, _now_ms())
         self._records.save(call)  # accepted only once recorded
         self.calls[call_id] = call
+        self._customer[call_id] = customer
         log.info("call %s arrived in queue %s from %s", call_id, queue, caller)
         self._publish(queue)
         self._route_soon(call_id)
@@ -128,12 +141,23 @@ class Switchboard:
 
     # -- the agent's home node reporting ---------------------------------------------------------
 
-    async def report(self, call_id: str, agent_id: str, action: AgentAction, epoch: int) -> Verdict:
+    async def report(
+        self,
+        call_id: str,
+        agent_id: str,
+        action: AgentAction,
+        epoch: int,
+        *,
+        queue: str = "",
+        notes: str = "",
+    ) -> Verdict:
         call = self.calls.get(call_id)
         if call is None or call.agent_id != agent_id or call.epoch != epoch:
             return Verdict(False, "call_gone")
         if action is AgentAction.CHECK:
             return Verdict(call.state in (CallState.OFFERED, CallState.TALKING))
+        if action is AgentAction.ESCALATE:
+            return self._escalate(call, queue, notes)
         try:
             if action is AgentAction.ANSWER:
                 self._apply(call, CallEvent.ANSWER)
@@ -148,6 +172,36 @@ class Switchboard:
                 )
         except WrongState as error:
             return Verdict(False, str(error))
+        return Verdict(True)
+
+    def _escalate(self, call: Call, queue: str, notes: str) -> Verdict:
+        """A cold transfer: the call waits again in `queue` (the owner keeps it) with the notes;
+        the agent who escalated is released into wrap-up and is not offered it again."""
+        if call.state is not CallState.TALKING:
+            return Verdict(
+                False, f"only a call in talk can be escalated, not a {call.state.value} one"
+            )
+        if queue not in self._queues():
+            return Verdict(False, f"no queue {queue!r} to escalate to")
+        agent, node = call.agent_id, call.agent_node
+        self._records.update_leg(call.call_id, agent, ended_ms=_now_ms(), result="escalated")
+        self._tried.setdefault(call.call_id, {})[agent] = time.monotonic()
+        line = f"{agent}: {notes.strip()}" if notes.strip() else f"{agent}: (no notes)"
+        self._apply(
+            call,
+            CallEvent.TRANSFER,
+            queue=queue,
+            agent_id="",
+            agent_node="",
+            epoch=0,
+            notes=f"{call.notes}\n{line}" if call.notes else line,
+            escalations=call.escalations + 1,
+        )
+        log.info("call %s escalated by %s to queue %s", call.call_id, agent, queue)
+        self._spawn(
+            self._release(node, call.call_id, agent, ReleaseReason.ENDED), f"release {call.call_id}"
+        )
+        self._route_soon(call.call_id)
         return Verdict(True)
 
     async def pull(self, agent_id: str, home_node: str, queue: str) -> bool:
@@ -215,8 +269,18 @@ class Switchboard:
             self._index.refresh(self._registry)
             ranked = rank_agents(self._index, queue, waited_s, self._site, exclude=exclude)
             metrics.ROUTING_DECISION.labels(self._site).observe(time.perf_counter() - started)
-        info = CallInfo(call.call_id, self.node_id, call.queue, call.caller, call.arrived_ms)
+        customer = self._customer.get(call_id)
         for agent in ranked[:CANDIDATES_PER_ROUND]:
+            info = CallInfo(
+                call.call_id,
+                self.node_id,
+                call.queue,
+                call.caller,
+                call.arrived_ms,
+                call.notes,
+                # the record leaves this node cut to the agent's site trust (I5)
+                visible(customer, agent.trust) if customer is not None else {},
+            )
             if candidates is None and agent.agent_id in self._claimed:
                 continue  # claimed by another call of this node since the ranking
             self._claimed[agent.agent_id] = now
@@ -335,6 +399,7 @@ class Switchboard:
         if state is CallState.ENDED:
             self.calls.pop(call.call_id, None)
             self._tried.pop(call.call_id, None)
+            self._customer.pop(call.call_id, None)
         else:
             self.calls[call.call_id] = changed
         log.info(
@@ -346,6 +411,8 @@ class Switchboard:
         )
         if state is CallState.WAITING or call.state is CallState.WAITING:
             self._publish(call.queue)
+            if changed.queue != call.queue:
+                self._publish(changed.queue)
         return changed
 
     def _count_end(self, call: Call, outcome: Outcome) -> None:

@@ -7,8 +7,10 @@ the home node reports what the agent does; a home node with a free agent pulls a
 Regenerate with `python -m protos.generate`.
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -58,6 +60,8 @@ class _AgentActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentActi
     AGENT_ACTION_HANGUP: _AgentAction.ValueType  # 3
     AGENT_ACTION_CHECK: _AgentAction.ValueType  # 4
     """is the call still live with this agent? (a watchdog)"""
+    AGENT_ACTION_ESCALATE: _AgentAction.ValueType  # 5
+    """hand the call to `queue` with `notes` (a cold transfer)"""
 
 class AgentAction(_AgentAction, metaclass=_AgentActionEnumTypeWrapper):
     """Home -> owner: the agent answered, rejected or hung up."""
@@ -68,6 +72,8 @@ AGENT_ACTION_REJECT: AgentAction.ValueType  # 2
 AGENT_ACTION_HANGUP: AgentAction.ValueType  # 3
 AGENT_ACTION_CHECK: AgentAction.ValueType  # 4
 """is the call still live with this agent? (a watchdog)"""
+AGENT_ACTION_ESCALATE: AgentAction.ValueType  # 5
+"""hand the call to `queue` with `notes` (a cold transfer)"""
 Global___AgentAction: _TypeAlias = AgentAction  # noqa: Y015
 
 @_typing.final
@@ -76,12 +82,33 @@ class CallInfo(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class CustomerEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     CALL_ID_FIELD_NUMBER: _builtins.int
     OWNER_NODE_FIELD_NUMBER: _builtins.int
     QUEUE_FIELD_NUMBER: _builtins.int
     CALLER_FIELD_NUMBER: _builtins.int
     ARRIVED_MS_FIELD_NUMBER: _builtins.int
     NOTES_FIELD_NUMBER: _builtins.int
+    CUSTOMER_FIELD_NUMBER: _builtins.int
     call_id: _builtins.str
     owner_node: _builtins.str
     queue: _builtins.str
@@ -89,6 +116,10 @@ class CallInfo(_message.Message):
     arrived_ms: _builtins.int
     notes: _builtins.str
     """escalation notes, if any"""
+    @_builtins.property
+    def customer(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """the screen pop, already cut to the agent's site trust"""
+
     def __init__(
         self,
         *,
@@ -98,10 +129,11 @@ class CallInfo(_message.Message):
         caller: _builtins.str = ...,
         arrived_ms: _builtins.int = ...,
         notes: _builtins.str = ...,
+        customer: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrived_ms", b"arrived_ms", "call_id", b"call_id", "caller", b"caller", "notes", b"notes", "owner_node", b"owner_node", "queue", b"queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrived_ms", b"arrived_ms", "call_id", b"call_id", "caller", b"caller", "customer", b"customer", "notes", b"notes", "owner_node", b"owner_node", "queue", b"queue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -200,10 +232,16 @@ class AgentEvent(_message.Message):
     AGENT_ID_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
     call_id: _builtins.str
     agent_id: _builtins.str
     action: Global___AgentAction.ValueType
     epoch: _builtins.int
+    queue: _builtins.str
+    """ESCALATE: the queue to hand the call to"""
+    notes: _builtins.str
+    """ESCALATE: what the next agent should know"""
     def __init__(
         self,
         *,
@@ -211,10 +249,12 @@ class AgentEvent(_message.Message):
         agent_id: _builtins.str = ...,
         action: Global___AgentAction.ValueType = ...,
         epoch: _builtins.int = ...,
+        queue: _builtins.str = ...,
+        notes: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "call_id", b"call_id", "epoch", b"epoch"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "call_id", b"call_id", "epoch", b"epoch", "notes", b"notes", "queue", b"queue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
