@@ -72,6 +72,7 @@ class AgentDesk:
         self.offers: dict[str, dict[str, Offer]] = {}  # agent id -> call id -> offer
         self._missed: dict[str, int] = {}
         self._pulling: dict[str, str] = {}  # agent id -> the owner node it is held for
+        self.draining = False  # set on SIGTERM: agents finish their calls and take no new ones
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -87,6 +88,8 @@ class AgentDesk:
             record = self._sessions.held_record(agent_id)
         except SessionError as error:
             return Reservation(False, error.code)
+        if self.draining:
+            return Reservation(False, "draining")
         held_for = self._pulling.get(agent_id)
         if held_for is not None and held_for != call.owner_node:
             return Reservation(False, "held_for_older_call")
@@ -166,6 +169,10 @@ class AgentDesk:
         )
         if state is AgentState.AVAILABLE:
             self.freed(agent_id)
+
+    def busy(self) -> int:
+        """How many agents homed here have a call (offered or answered)."""
+        return sum(1 for offers in self.offers.values() if offers)
 
     def _limit(self, queue: str) -> int:
         config = self._queues().get(queue)

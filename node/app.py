@@ -67,6 +67,7 @@ class Node:
         self._sessions: Sessions | None = None
         self._membership: Membership | None = None
         self._watching = False
+        self.draining = False
         self.http_address = ""
 
     @property
@@ -76,7 +77,9 @@ class Node:
     # -- readiness -------------------------------------------------------------------------------
 
     def reasons_not_ready(self) -> list[str]:
-        reasons = []
+        reasons = (
+            ["draining: finishing calls in progress, taking no new ones"] if (self.draining) else []
+        )
         if self._etcd is None or not self._etcd.has_lease:
             reasons.append("no etcd lease")
         if not self._watching:
@@ -208,12 +211,30 @@ class Node:
             if ready is not None:
                 ready.set()
             await stop.wait()
+            await self._drain(board, desk)
             log.info("node %s leaving", config.node_id)
             await sessions.leave()
             self._announce(up=False)
             await asyncio.sleep(LEAVE_FLUSH_S)
             with contextlib.suppress(Exception):
                 await membership.deregister()
+
+    async def _drain(self, board: Switchboard, desk: AgentDesk) -> None:
+        """Take no new calls; let the calls in progress here end, up to drain_timeout_s."""
+        self.draining = True
+        board.draining = desk.draining = True
+        deadline = time.monotonic() + self.config.drain_timeout_s
+        while board.calls or desk.busy():
+            if time.monotonic() > deadline:
+                log.warning(
+                    "node %s: drain timed out with %d calls and %d agents on calls",
+                    self.config.node_id,
+                    len(board.calls),
+                    desk.busy(),
+                )
+                return
+            await asyncio.sleep(0.1)
+        log.info("node %s drained", self.config.node_id)
 
     async def _free_orphan_agents(
         self, link: NodeLink, orphans: list[tuple[str, str, str]]

@@ -6,14 +6,16 @@ maps to statuses.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 from typing import Any
 
 from aiohttp import web
 
 from node.agentdesk import AgentDesk, Offer
 from node.callstate import Call
-from node.cdr import CallRecords
+from node.cdr import COLUMNS, CallRecords
 from node.exchange import AgentAction
 from node.http_api import BadRequest, _body, agent_id_from
 from node.switchboard import Switchboard
@@ -87,7 +89,14 @@ def add_call_routes(
             limit = int(request.query.get("limit", "100"))
         except ValueError:
             raise BadRequest("limit must be an integer") from None
-        return web.json_response({"calls": records.calls(max(1, min(limit, 10_000)))})
+        rows = records.calls(max(1, min(limit, 10_000)))
+        if request.query.get("format", "json") == "csv":
+            out = io.StringIO()
+            writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+            return web.Response(text=out.getvalue(), content_type="text/csv")
+        return web.json_response({"calls": rows})
 
     async def one_record(request: web.Request) -> web.Response:
         call_id = request.match_info["call_id"]

@@ -20,7 +20,9 @@ class CallEvent(enum.Enum):
     CALLER_HANGUP = "caller_hangup"
     AGENT_HANGUP = "agent_hangup"
     TRANSFER = "transfer"  # the agent hands the call to another queue (escalation)
-    OVERFLOW = "overflow"  # waited past the queue's maximum
+    OVERFLOW = "overflow"  # waited past the queue's maximum, and the queue says hang up
+    REQUEUE = "requeue"  # waited past the queue's maximum: on to the queue it overflows to
+    VOICEMAIL = "voicemail"  # waited past the queue's maximum: the caller leaves a message
     FAIL = "fail"  # the node could not carry the call on (e.g. it restarted)
 
 
@@ -48,6 +50,8 @@ TRANSITIONS: dict[tuple[CallState, CallEvent], tuple[CallState, Outcome | None]]
     (S.TALKING, E.AGENT_HANGUP): (S.ENDED, Out.COMPLETED),
     (S.TALKING, E.TRANSFER): (S.WAITING, None),
     (S.WAITING, E.OVERFLOW): (S.ENDED, Out.OVERFLOWED),
+    (S.WAITING, E.REQUEUE): (S.WAITING, None),
+    (S.WAITING, E.VOICEMAIL): (S.ENDED, Out.VOICEMAIL),
     (S.WAITING, E.FAIL): (S.ENDED, Out.FAILED),
     (S.OFFERED, E.FAIL): (S.ENDED, Out.FAILED),
     (S.TALKING, E.FAIL): (S.ENDED, Out.FAILED),
@@ -82,4 +86,5 @@ class Call:
     reason: str = ""
     missed: int = 0  # offers that lapsed
     notes: str = ""  # escalation notes, each line "agent: text"
+    queued_ms: int = 0  # when the call entered its current queue (arrival, escalation, overflow)
     escalations: int = 0

@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS calls (
     reason      TEXT NOT NULL DEFAULT '',
     missed      INTEGER NOT NULL DEFAULT 0,
     notes       TEXT NOT NULL DEFAULT '',
-    escalations INTEGER NOT NULL DEFAULT 0
+    escalations INTEGER NOT NULL DEFAULT 0,
+    queued_ms   INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS legs (
     call_id     TEXT NOT NULL REFERENCES calls(call_id),
@@ -45,7 +46,7 @@ CREATE TABLE IF NOT EXISTS legs (
 );
 """
 
-_COLUMNS = [
+COLUMNS = [
     "call_id",
     "owner_node",
     "queue",
@@ -62,6 +63,7 @@ _COLUMNS = [
     "missed",
     "notes",
     "escalations",
+    "queued_ms",
 ]
 
 
@@ -93,6 +95,7 @@ class CallRecords:
         for column, kind in (
             ("notes", "TEXT NOT NULL DEFAULT ''"),
             ("escalations", "INTEGER NOT NULL DEFAULT 0"),
+            ("queued_ms", "INTEGER NOT NULL DEFAULT 0"),
         ):
             if column not in have:
                 self._db.execute(f"ALTER TABLE calls ADD COLUMN {column} {kind}")
@@ -137,10 +140,11 @@ class CallRecords:
             call.missed,
             call.notes,
             call.escalations,
+            call.queued_ms,
         )
         self._db.execute(
-            f"INSERT OR REPLACE INTO calls ({', '.join(_COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(_COLUMNS))})",
+            f"INSERT OR REPLACE INTO calls ({', '.join(COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(COLUMNS))})",
             values,
         )
 
@@ -172,16 +176,16 @@ class CallRecords:
 
     def call(self, call_id: str) -> dict[str, Any] | None:
         row = self._db.execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM calls WHERE call_id = ?", (call_id,)
+            f"SELECT {', '.join(COLUMNS)} FROM calls WHERE call_id = ?", (call_id,)
         ).fetchone()
-        return None if row is None else dict(zip(_COLUMNS, row, strict=True))
+        return None if row is None else dict(zip(COLUMNS, row, strict=True))
 
     def calls(self, limit: int = 1000) -> list[dict[str, Any]]:
         rows = self._db.execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM calls ORDER BY arrived_ms DESC, call_id LIMIT ?",
+            f"SELECT {', '.join(COLUMNS)} FROM calls ORDER BY arrived_ms DESC, call_id LIMIT ?",
             (limit,),
         ).fetchall()
-        return [dict(zip(_COLUMNS, row, strict=True)) for row in rows]
+        return [dict(zip(COLUMNS, row, strict=True)) for row in rows]
 
     def legs(self, call_id: str) -> list[Leg]:
         rows = self._db.execute(

@@ -61,6 +61,9 @@ class NodeConfig:
     """Remote timestamps further ahead of the local clock are refused."""
     event_loop: str = "uvloop"
     """uvloop or asyncio."""
+    drain_timeout_s: float = 600.0
+    """On SIGTERM, how long calls in progress may go on (no new ones taken) before the node
+    leaves anyway; Kubernetes' grace period must be longer."""
     data_dir: str = "callmesh-data"
     """Where the node keeps its call records (SQLite); a relative path is under the cwd."""
     crm: str = ""
@@ -91,10 +94,10 @@ class NodeConfig:
                 raise ConfigError(f"remote_gateways: {address!r} is not host:port")
         if not 1 <= self.lease_ttl_s <= 300:
             raise ConfigError(f"lease_ttl_s: {self.lease_ttl_s} is not in 1-300")
-        for name in ("digest_interval_s", "push_delay_s", "rpc_timeout_s"):
+        for name in ("digest_interval_s", "push_delay_s", "rpc_timeout_s", "drain_timeout_s"):
             value = getattr(self, name)
-            if not 0 <= value <= 600:
-                raise ConfigError(f"{name}: {value} is not in 0-600 seconds")
+            if not 0 <= value <= 3600:
+                raise ConfigError(f"{name}: {value} is not in 0-3600 seconds")
         if self.event_loop not in ("uvloop", "asyncio"):
             raise ConfigError(f"event_loop: {self.event_loop!r} is not uvloop or asyncio")
 

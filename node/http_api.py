@@ -39,6 +39,7 @@ _STATUS = {
     "queue_not_found": 404,
     "offer_not_found": 404,
     "wrong_state": 409,
+    "node_draining": 503,
 }
 
 

@@ -86,6 +86,7 @@ class NodePlan:
                 "digest_interval_s = 0.5",
                 "push_delay_s = 0.005",
                 "fault_injection = true",
+                "drain_timeout_s = 10",
             ]
         return "\n".join(lines) + "\n"
 

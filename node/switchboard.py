@@ -42,6 +42,10 @@ class UnknownQueue(Exception):
     code = "queue_not_found"
 
 
+class Draining(Exception):
+    code = "node_draining"
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -83,6 +87,7 @@ class Switchboard:
         # agents this node is asking or has offered a call, until gossip shows them busy: other
         # calls here skip them instead of all asking the same best agent at once
         self._claimed: dict[str, float] = {}
+        self.draining = False  # set on SIGTERM: calls in progress go on, no new ones come in
 
     @property
     def node_id(self) -> str:
@@ -93,6 +98,8 @@ class Switchboard:
     async def arrive(self, queue: str, caller: str) -> Call:
         """Accept a call: look up the caller's customer record for the screen pop, record the
         call, and route it."""
+        if self.draining:
+            raise Draining(f"node {self.node_id} is shutting down; place the call at another node")
         if queue not in self._queues():
             known = ", ".join(sorted(self._queues()))
             raise UnknownQueue(f"no queue {queue!r}; queues: {known}")
@@ -103,7 +110,8 @@ class Switchboard:
             except Exception:  # a broken directory costs the screen pop, never the call
                 log.exception("customer look-up for %s failed; routing without it", caller)
         call_id = f"{self.node_id}-{_now_ms():x}-{next(self._ids)}"
-        call = Call(call_id, self.node_id, queue, caller, _now_ms())
+        now = _now_ms()
+        call = Call(call_id, self.node_id, queue, caller, now, queued_ms=now)
         self._records.save(call)  # accepted only once recorded
         self.calls[call_id] = call
         self._customer[call_id] = customer
@@ -127,7 +135,7 @@ class Switchboard:
             for other in self.calls.values()
             if other.queue == call.queue
             and other.state is CallState.WAITING
-            and (other.arrived_ms, other.call_id) < (call.arrived_ms, call.call_id)
+            and (other.queued_ms, other.call_id) < (call.queued_ms, call.call_id)
         )
 
     async def hangup_caller(self, call_id: str) -> Call:
@@ -196,6 +204,7 @@ class Switchboard:
             epoch=0,
             notes=f"{call.notes}\n{line}" if call.notes else line,
             escalations=call.escalations + 1,
+            queued_ms=_now_ms(),
         )
         log.info("call %s escalated by %s to queue %s", call.call_id, agent, queue)
         self._spawn(
@@ -203,6 +212,20 @@ class Switchboard:
         )
         self._route_soon(call.call_id)
         return Verdict(True)
+
+    def _overflow(self, call: Call, queue: QueueConfig) -> None:
+        """The call waited past the queue's maximum: on to the overflow queue, to voicemail, or
+        hung up, as the queue says."""
+        why = f"waited over {queue.max_wait_s:g} s in {queue.name}"
+        target = queue.overflow_queue
+        if target is not None and target in self._queues():
+            self._apply(call, CallEvent.REQUEUE, queue=target, queued_ms=_now_ms())
+            log.info("call %s overflowed from %s to %s", call.call_id, queue.name, target)
+            self._route_soon(call.call_id)
+        elif queue.overflow == "voicemail":
+            self._apply(call, CallEvent.VOICEMAIL, reason=why)  # recording comes with media
+        else:
+            self._apply(call, CallEvent.OVERFLOW, reason=why)
 
     async def pull(self, agent_id: str, home_node: str, queue: str) -> bool:
         """A free agent's home node asks for this node's oldest waiting call of `queue` that the
@@ -215,11 +238,11 @@ class Switchboard:
         free = replace(record, state=AgentState.AVAILABLE, reason="", active_calls=0)
         waiting = sorted(
             (c for c in self.calls.values() if c.queue == queue and c.state is CallState.WAITING),
-            key=lambda c: (c.arrived_ms, c.call_id),
+            key=lambda c: (c.queued_ms, c.call_id),
         )
         self._index.refresh(self._registry)
         for call in waiting:
-            waited_s = (_now_ms() - call.arrived_ms) / 1000
+            waited_s = (_now_ms() - call.queued_ms) / 1000
             steps = reached_steps(config, waited_s, self._index)
             if not eligible(free, config, steps):
                 continue
@@ -255,9 +278,9 @@ class Switchboard:
         queue = self._queues().get(call.queue)
         if queue is None:
             return False
-        waited_s = (_now_ms() - call.arrived_ms) / 1000
+        waited_s = (_now_ms() - call.queued_ms) / 1000
         if waited_s > queue.max_wait_s:
-            self._apply(call, CallEvent.OVERFLOW, reason=f"waited over {queue.max_wait_s:g} s")
+            self._overflow(call, queue)
             return False
         now = time.monotonic()
         tried = self._tried.get(call_id, {})
@@ -445,7 +468,7 @@ class Switchboard:
                 node=self.node_id,
                 queue=queue,
                 waiting=len(waiting),
-                oldest_since_ms=min((c.arrived_ms for c in waiting), default=0),
+                oldest_since_ms=min((c.queued_ms for c in waiting), default=0),
                 top_priority=config.priority if config is not None else 0,
                 required_skills=config.skills if config is not None else (),
             )

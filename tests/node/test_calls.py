@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -100,6 +103,11 @@ async def test_a_call_at_site_a_is_answered_by_the_only_eligible_agent_at_site_b
     assert status == 200
     assert record["call"]["outcome"] == "completed"
     assert [(leg["agent_id"], leg["result"]) for leg in record["legs"]] == [("bea", "completed")]
+    async with client.http.get(client.url("site-a-n1", "/records?format=csv")) as response:
+        rows = list(csv.DictReader(io.StringIO(await response.text())))
+    assert [(r["call_id"], r["outcome"], r["agent_id"]) for r in rows] == [
+        (call["call_id"], "completed", "bea")
+    ]
     async with client.http.get(client.url("site-a-n1", "/metrics")) as response:
         exposition = await response.text()
     assert 'callmesh_calls_total{outcome="completed",queue="sales",site="site-a"} 1.0' in exposition
@@ -215,3 +223,31 @@ async def test_a_node_killed_mid_call_frees_the_agent_and_records_the_call_faile
     assert status == 200, record
     assert record["call"]["outcome"] == "failed"
     assert "restarted" in record["call"]["reason"]
+
+
+@pytest.mark.slow
+async def test_sigterm_drains_a_call_in_progress_and_takes_no_new_one(calls: Client) -> None:
+    client = calls
+    await client.post("site-b-n2", "/agents/gil/login", {"skills": {"sales": 5}})
+    await eventually(lambda: _known(client, "site-a-n1", "gil"), 3)
+    call = await place(client, "site-a-n1")
+    await offered(client, "site-b-n2", "gil")
+    status, body = await client.post("site-b-n2", f"/agents/gil/calls/{call['call_id']}/answer")
+    assert status == 200, body
+    client.cluster.signal("site-a-n1", signal.SIGTERM)
+
+    async def draining() -> bool:
+        status, body = await client.get("site-a-n1", "/readyz")
+        return status == 503 and any("draining" in r for r in body["reasons"])
+
+    await eventually(draining, 3, "site-a-n1 not ready while draining")
+    status, body = await client.get("site-a-n1", "/healthz")
+    assert status == 200, body  # alive: Kubernetes must not kill it
+    status, body = await client.post("site-a-n1", "/calls", {"queue": "sales"})
+    assert (status, body["error"]) == (503, "node_draining")
+    assert (await call_state(client, "site-a-n1", call["call_id"]))["state"] == "talking"
+    status, body = await client.post("site-a-n1", f"/calls/{call['call_id']}/hangup")
+    assert status == 200, body
+    assert body["outcome"] == "completed"
+    process = client.cluster.processes["site-a-n1"]
+    assert await asyncio.wait_for(process.wait(), 10) == 0
