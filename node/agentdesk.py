@@ -15,8 +15,10 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from node.etcd import Etcd
+from node.events import EventHub
 from node.exchange import AgentAction, CallInfo, Link, ReleaseReason, Reservation, Verdict
 from node.queues import QueueConfig
 from node.routing import pick_queue
@@ -32,6 +34,21 @@ WATCHDOG_MISSES = 3
 """An owner unreachable this many checks in a row is taken as dead: its calls' agents are freed."""
 EXPIRY_MARGIN_S = 2.0
 """A reservation the owner neither confirms nor releases lapses this long after its ring timeout."""
+
+
+def offer_json(offer: Offer) -> dict[str, Any]:
+    """An offer as the agent's page shows it: the call, the notes and the screen pop."""
+    call = offer.call
+    return {
+        "call_id": call.call_id,
+        "owner_node": call.owner_node,
+        "queue": call.queue,
+        "caller": call.caller,
+        "arrived_ms": call.arrived_ms,
+        "notes": call.notes,
+        "customer": dict(call.customer),
+        "answered": offer.answered,
+    }
 
 
 @dataclass(slots=True)
@@ -63,12 +80,14 @@ class AgentDesk:
         sessions: Sessions,
         link: Link,
         queues: Callable[[], Mapping[str, QueueConfig]],
+        events: EventHub | None = None,
     ) -> None:
         self._etcd = etcd
         self._registry = registry
         self._sessions = sessions
         self._link = link
         self._queues = queues
+        self._events = events or EventHub()
         self.offers: dict[str, dict[str, Offer]] = {}  # agent id -> call id -> offer
         self._missed: dict[str, int] = {}
         self._pulling: dict[str, str] = {}  # agent id -> the owner node it is held for
@@ -127,6 +146,7 @@ class AgentDesk:
             ring_timeout_s + EXPIRY_MARGIN_S, self._spawn_expiry, agent_id, call.call_id
         )
         self.offers.setdefault(agent_id, {})[call.call_id] = offer
+        self._events.publish(agent_id, {"type": "offer", "offer": offer_json(offer)})
         log.info(
             "agent %s reserved for call %s (owner %s)", agent_id, call.call_id, call.owner_node
         )
@@ -136,6 +156,9 @@ class AgentDesk:
         offer = self.offers.get(agent_id, {}).pop(call_id, None)
         if offer is None:
             return  # already released (an expiry, a reject, a retry of the owner)
+        self._events.publish(
+            agent_id, {"type": "released", "call_id": call_id, "reason": reason.value}
+        )
         if offer.expiry is not None:
             offer.expiry.cancel()
         try:

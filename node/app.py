@@ -26,9 +26,10 @@ from node.cdr import CallRecords
 from node.config import NodeConfig
 from node.crm import SqliteDirectory, directory_from
 from node.etcd import Etcd
+from node.events import EventHub
 from node.exchange import ReleaseReason
 from node.gossip import Gossip, GossipTimers
-from node.http_api import make_app
+from node.http_api import agent_json, make_app
 from node.membership import Member, Membership
 from node.queues import QueueConfig, QueueFile
 from node.sessions import Sessions
@@ -142,6 +143,7 @@ class Node:
             )
             self._etcd = await stack.enter_async_context(etcd)
             metrics.install(config, self.registry, self.gossip, etcd, self)
+            hub = EventHub()
             sessions = Sessions(
                 etcd,
                 self.registry,
@@ -149,6 +151,9 @@ class Node:
                 config.trust,
                 on_write=self.gossip.changed,
                 on_available=self._agent_available,
+                on_agent=lambda record: hub.publish(
+                    record.agent_id, {"type": "state", "agent": agent_json(record)}
+                ),
             )
             data_dir = Path(config.data_dir)
             await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
@@ -162,7 +167,7 @@ class Node:
             queues = _queue_source(config.queues_file)
             link = NodeLink(self.registry, config.rpc_timeout_s)
             stack.push_async_callback(link.close)
-            desk = AgentDesk(etcd, self.registry, sessions, link, queues)
+            desk = AgentDesk(etcd, self.registry, sessions, link, queues, hub)
             customers = directory_from(config.crm, data_dir)
             if isinstance(customers, SqliteDirectory):
                 stack.callback(customers.close)
@@ -182,7 +187,7 @@ class Node:
             self.desk, self.switchboard = desk, board
             faults = self.gossip if config.fault_injection else None
             app = make_app(self.registry, sessions, self, faults)
-            add_call_routes(app, board, desk, records)
+            add_call_routes(app, board, desk, records, self.registry, hub)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)

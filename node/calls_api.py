@@ -6,19 +6,23 @@ maps to statuses.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import dataclasses
 import io
+import time
 from typing import Any
 
 from aiohttp import web
 
-from node.agentdesk import AgentDesk, Offer
+from node.agentdesk import AgentDesk, offer_json
 from node.callstate import Call
 from node.cdr import COLUMNS, CallRecords
+from node.events import EventHub
 from node.exchange import AgentAction
-from node.http_api import BadRequest, _body, agent_id_from
+from node.http_api import BadRequest, _body, agent_id_from, agent_json
 from node.switchboard import Switchboard
+from registry.registry import Registry
 
 MAX_CALLER = 128
 MAX_NOTES = 2000
@@ -42,22 +46,13 @@ def call_json(call: Call, position: int = 0) -> dict[str, Any]:
     }
 
 
-def offer_json(offer: Offer) -> dict[str, Any]:
-    call = offer.call
-    return {
-        "call_id": call.call_id,
-        "owner_node": call.owner_node,
-        "queue": call.queue,
-        "caller": call.caller,
-        "arrived_ms": call.arrived_ms,
-        "notes": call.notes,
-        "customer": dict(call.customer),
-        "answered": offer.answered,
-    }
-
-
 def add_call_routes(
-    app: web.Application, board: Switchboard, desk: AgentDesk, records: CallRecords
+    app: web.Application,
+    board: Switchboard,
+    desk: AgentDesk,
+    records: CallRecords,
+    registry: Registry,
+    hub: EventHub,
 ) -> None:
     async def start(request: web.Request) -> web.Response:
         body = await _body(request)
@@ -142,6 +137,61 @@ def add_call_routes(
         desk.finish_wrap_up(agent_id_from(request))
         return web.json_response({"state": "available"})
 
+    async def events(request: web.Request) -> web.StreamResponse:
+        agent = agent_id_from(request)
+        offers = desk.offer_list(agent)  # refuses an agent whose session is not held here
+        record = registry.agent(agent)
+        socket = web.WebSocketResponse(heartbeat=20)
+        await socket.prepare(request)
+        with hub.subscribe(agent) as queue:
+            hello = {
+                "type": "hello",
+                "agent": agent_json(record) if record is not None else None,
+                "offers": [offer_json(o) for o in offers],
+            }
+            await socket.send_json(hello)
+            reader = asyncio.ensure_future(socket.receive())
+            try:
+                while not socket.closed:
+                    getter = asyncio.ensure_future(queue.get())
+                    done, _ = await asyncio.wait(
+                        {getter, reader}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if reader in done:  # the page closed (or sent something: ignored)
+                        getter.cancel()
+                        break
+                    await socket.send_json(getter.result())
+            finally:
+                reader.cancel()
+        await socket.close()
+        return socket
+
+    async def supervisor(request: web.Request) -> web.Response:
+        now = time.time_ns() // 1_000_000
+        sites: dict[str, dict[str, Any]] = {}
+        for agent in registry.agents():
+            site = sites.setdefault(agent.site, {"agents": {}, "queues": []})
+            state = agent.state.name.lower().replace("_", "-")
+            site["agents"][state] = site["agents"].get(state, 0) + 1
+        for node in registry.nodes():
+            sites.setdefault(node.site, {"agents": {}, "queues": []})
+        site_of = {n.node_id: n.site for n in registry.nodes()}
+        for summary in sorted(registry.queues(), key=lambda q: q.key):
+            site = sites.setdefault(site_of.get(summary.node, "?"), {"agents": {}, "queues": []})
+            site["queues"].append(
+                {
+                    "queue": summary.queue,
+                    "node": summary.node,
+                    "waiting": summary.waiting,
+                    "oldest_wait_s": round((now - summary.oldest_since_ms) / 1000, 1)
+                    if summary.waiting
+                    else 0.0,
+                }
+            )
+        return web.json_response({"sites": sites})
+
+    app.router.add_get("/agents/{agent_id}/events", events)
+    app.router.add_get("/supervisor", supervisor)
     app.router.add_post("/calls", start)
     app.router.add_get("/calls/{call_id}", show)
     app.router.add_post("/calls/{call_id}/hangup", hangup)

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from node import metrics
+from node import metrics, openapi
 from node.sessions import Profile, Sessions
 from registry.errors import InvalidRecord
 from registry.records import (
@@ -171,6 +171,9 @@ def make_app(
             status=503 if reasons else 200,
         )
 
+    async def spec(request: web.Request) -> web.Response:
+        return web.json_response(openapi.document())
+
     async def view(request: web.Request) -> web.Response:
         return web.json_response(
             {
@@ -213,6 +216,7 @@ def make_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/registry", view)
+    app.router.add_get("/openapi.json", spec)
     app.router.add_post("/agents/{agent_id}/login", login)
     app.router.add_post("/agents/{agent_id}/state", set_state)
     app.router.add_post("/agents/{agent_id}/logout", logout)

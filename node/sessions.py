@@ -73,6 +73,7 @@ class Sessions:
         trust: Trust,
         on_write: Callable[[], None],
         on_available: Callable[[str], None] = lambda agent_id: None,
+        on_agent: Callable[[AgentRecord], None] = lambda record: None,
     ) -> None:
         self._etcd = etcd
         self._registry = registry
@@ -80,6 +81,7 @@ class Sessions:
         self._trust = trust
         self._on_write = on_write
         self._on_available = on_available
+        self._on_agent = on_agent
         self._prefix = agents_prefix(site)
         self.held: dict[str, int] = {}  # agent id -> epoch of the session held here
         self.session_revisions: dict[str, int] = {}  # agent id -> mod revision of its session key
@@ -104,6 +106,7 @@ class Sessions:
             metrics.registry_refused("local", error.code)
             raise
         self._on_write()
+        self._on_agent(stamped)
         return stamped
 
     async def _bump_epoch(self, agent_id: str, *, hold: bool) -> int | None:

@@ -251,3 +251,37 @@ async def test_sigterm_drains_a_call_in_progress_and_takes_no_new_one(calls: Cli
     assert body["outcome"] == "completed"
     process = client.cluster.processes["site-a-n1"]
     assert await asyncio.wait_for(process.wait(), 10) == 0
+
+
+@pytest.mark.slow
+async def test_the_agent_page_gets_offers_and_releases_over_a_websocket(calls: Client) -> None:
+    client = calls
+    await client.post("site-b-n2", "/agents/ivy/login", {"skills": {"sales": 5}})
+    await eventually(lambda: _known(client, "site-a-n1", "ivy"), 3)
+    async with client.http.ws_connect(client.url("site-b-n2", "/agents/ivy/events")) as socket:
+        hello = await socket.receive_json(timeout=3)
+        assert (hello["type"], hello["agent"]["state"], hello["offers"]) == (
+            "hello",
+            "available",
+            [],
+        )
+        call = await place(client, "site-a-n1", "+4930123")
+        seen: list[dict[str, Any]] = []
+        while not any(e["type"] == "offer" for e in seen):
+            seen.append(await socket.receive_json(timeout=5))
+        offer = next(e for e in seen if e["type"] == "offer")["offer"]
+        assert offer["call_id"] == call["call_id"]
+        assert offer["customer"]["customer_id"]  # the screen pop arrives with the offer
+        assert any(e["type"] == "state" and e["agent"]["state"] == "reserved" for e in seen)
+        _, view = await client.get("site-a-n1", "/supervisor")
+        assert (
+            view["sites"]["site-b"]["agents"].get("reserved", 0)
+            + view["sites"]["site-b"]["agents"].get("available", 0)
+            >= 1
+        )
+        await client.post("site-a-n1", f"/calls/{call['call_id']}/hangup")
+        while True:
+            event = await socket.receive_json(timeout=5)
+            if event["type"] == "released":
+                assert (event["call_id"], event["reason"]) == (call["call_id"], "cancelled")
+                break
