@@ -23,6 +23,7 @@ from node.exchange import AgentAction, CallInfo, Link, ReleaseReason, Reservatio
 from node.queues import QueueConfig
 from node.routing import pick_queue
 from node.sessions import NotHeldHere, SessionError, Sessions
+from node.tasks import Tasks
 from registry.records import AgentState
 from registry.registry import Registry
 
@@ -92,7 +93,7 @@ class AgentDesk:
         self._missed: dict[str, int] = {}
         self._pulling: dict[str, str] = {}  # agent id -> the owner node it is held for
         self.draining = False  # set on SIGTERM: agents finish their calls and take no new ones
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks(f"agent desk {registry.node_id}")
 
     @property
     def node_id(self) -> str:
@@ -169,7 +170,7 @@ class AgentDesk:
         active = max(0, record.active_calls - 1)
         if reason is ReleaseReason.ENDED:
             state, why = AgentState.WRAP_UP, ""
-            self._spawn(self._end_wrap_up(agent_id, offer.wrap_up_s), f"wrap-up {agent_id}")
+            self._tasks.spawn(self._end_wrap_up(agent_id, offer.wrap_up_s), f"wrap-up {agent_id}")
         elif reason is ReleaseReason.MISSED:
             self._missed[agent_id] = self._missed.get(agent_id, 0) + 1
             limit = self._limit(offer.call.queue)
@@ -290,7 +291,7 @@ class AgentDesk:
 
     def freed(self, agent_id: str) -> None:
         """The agent is available again: ask the owner of the best waiting call for it."""
-        self._spawn(self._pull(agent_id), f"pull {agent_id}")
+        self._tasks.spawn(self._pull(agent_id), f"pull {agent_id}")
 
     async def _pull(self, agent_id: str) -> None:
         try:
@@ -326,7 +327,7 @@ class AgentDesk:
     # -- tasks -------------------------------------------------------------------------------------
 
     def _spawn_expiry(self, agent_id: str, call_id: str) -> None:
-        self._spawn(self._expire(agent_id, call_id), f"expire {call_id}")
+        self._tasks.spawn(self._expire(agent_id, call_id), f"expire {call_id}")
 
     async def _expire(self, agent_id: str, call_id: str) -> None:
         offer = self.offers.get(agent_id, {}).get(call_id)
@@ -334,27 +335,9 @@ class AgentDesk:
             log.warning("call %s: reservation of agent %s lapsed unconfirmed", call_id, agent_id)
             await self.release(call_id, agent_id, ReleaseReason.MISSED)
 
-    def _spawn(self, work: object, name: str) -> None:
-        assert asyncio.iscoroutine(work)
-        task = asyncio.create_task(self._guard(work, name), name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _guard(self, work: object, name: str) -> None:
-        assert asyncio.iscoroutine(work)
-        try:
-            await work
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("agent desk %s: %s failed", self.node_id, name)
-
     async def close(self) -> None:
         for offers in self.offers.values():
             for offer in offers.values():
                 if offer.expiry is not None:
                     offer.expiry.cancel()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.close()

@@ -12,9 +12,8 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -34,6 +33,7 @@ from node.membership import Member, Membership
 from node.queues import QueueConfig, QueueFile
 from node.sessions import Sessions
 from node.switchboard import Switchboard
+from node.tasks import Tasks
 from protos.calls_pb2_grpc import add_CallsServicer_to_server
 from registry.clock import HybridClock
 from registry.records import NodeInfo
@@ -63,7 +63,7 @@ class Node:
             GossipTimers(config.digest_interval_s, config.push_delay_s, config.rpc_timeout_s),
             services=[lambda server: add_CallsServicer_to_server(servicer, server)],
         )
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks(f"node {config.node_id}")
         self._etcd: Etcd | None = None
         self._sessions: Sessions | None = None
         self._membership: Membership | None = None
@@ -100,7 +100,7 @@ class Node:
     def _lease_granted(self, lease_id: int) -> None:
         if self._membership is None or self._sessions is None:
             return  # the first lease: run() registers
-        self._spawn(self._rejoin(), "rejoin")
+        self._tasks.spawn(self._rejoin(), "rejoin")
 
     async def _rejoin(self) -> None:
         assert self._membership is not None
@@ -108,19 +108,6 @@ class Node:
         await self._membership.register()
         self._sessions.unfence()
         log.info("node %s holds a new lease: unfenced", self.config.node_id)
-
-    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.create_task(self._guard(work, name), name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _guard(self, work: Coroutine[Any, Any, None], name: str) -> None:
-        try:
-            await work
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("node %s: %s failed", self.config.node_id, name)
 
     def _peers_changed(self, members: dict[str, Member]) -> None:
         self._watching = True
@@ -202,12 +189,12 @@ class Node:
             self._sessions, self._membership = sessions, membership
             sessions.unfence()
             stack.push_async_callback(self._cancel_tasks)
-            self._spawn(membership.watch(), "membership watch")
-            self._spawn(sessions.watch(), "session watch")
-            self._spawn(board.run(), "call routing")
-            self._spawn(desk.watch_owners(), "owner watchdog")
+            self._tasks.spawn(membership.watch(), "membership watch")
+            self._tasks.spawn(sessions.watch(), "session watch")
+            self._tasks.spawn(board.run(), "call routing")
+            self._tasks.spawn(desk.watch_owners(), "owner watchdog")
             if orphans:
-                self._spawn(self._free_orphan_agents(link, orphans), "free orphans' agents")
+                self._tasks.spawn(self._free_orphan_agents(link, orphans), "free orphans' agents")
             print(
                 f"node {config.node_id} site {config.site} http {self.http_address} "
                 f"grpc {self.gossip.address}",
@@ -284,12 +271,7 @@ class Node:
         self.gossip.changed()
 
     async def _cancel_tasks(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._tasks.close()
 
 
 def _now_ms() -> int:

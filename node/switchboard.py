@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -24,6 +24,7 @@ from node.crm import Customer, Directory, visible
 from node.exchange import AgentAction, CallInfo, Link, ReleaseReason, Verdict
 from node.queues import QueueConfig
 from node.routing import AgentIndex, eligible, rank_agents, reached_steps
+from node.tasks import Tasks
 from registry.records import AgentRecord, AgentState, QueueSummary
 from registry.registry import Registry
 
@@ -80,7 +81,7 @@ class Switchboard:
         self._routing: set[str] = set()  # calls with a routing task under way
         self._tried: dict[str, dict[str, float]] = {}  # call -> agent -> monotonic time missed
         self._ring: dict[str, asyncio.TimerHandle] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks(f"switchboard {registry.node_id}")
         self._ids = itertools.count(1)
         self._published: set[str] = set()
         self._index = AgentIndex()  # the registry's agents by skill, kept up to date on use
@@ -174,7 +175,7 @@ class Switchboard:
                 self._miss(call, "rejected")
             else:
                 self._apply(call, CallEvent.AGENT_HANGUP, reason="agent hung up")
-                self._spawn(
+                self._tasks.spawn(
                     self._release(call.agent_node, call_id, agent_id, ReleaseReason.ENDED),
                     f"release {call_id}",
                 )
@@ -207,7 +208,7 @@ class Switchboard:
             queued_ms=_now_ms(),
         )
         log.info("call %s escalated by %s to queue %s", call.call_id, agent, queue)
-        self._spawn(
+        self._tasks.spawn(
             self._release(node, call.call_id, agent, ReleaseReason.ENDED), f"release {call.call_id}"
         )
         self._route_soon(call.call_id)
@@ -258,7 +259,7 @@ class Switchboard:
 
     def _route_soon(self, call_id: str) -> None:
         if call_id not in self._routing:
-            self._spawn(self._route(call_id), f"route {call_id}")
+            self._tasks.spawn(self._route(call_id), f"route {call_id}")
 
     async def _route(self, call_id: str, candidates: list[AgentRecord] | None = None) -> bool:
         """Offer the call to the best candidate that reserves (the ranked agents, or the given
@@ -368,7 +369,7 @@ class Switchboard:
         if call is not None and call.state is CallState.OFFERED and call.agent_id == agent_id:
             node = call.agent_node
             self._miss(call, "ring timeout")
-            self._spawn(
+            self._tasks.spawn(
                 self._release(node, call_id, agent_id, ReleaseReason.MISSED), f"release {call_id}"
             )
 
@@ -485,23 +486,7 @@ class Switchboard:
                 if call.state is CallState.WAITING:
                     self._route_soon(call.call_id)
 
-    def _spawn(self, work: Coroutine[Any, Any, Any], name: str) -> None:
-        task = asyncio.create_task(self._guard(work, name), name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _guard(self, work: Coroutine[Any, Any, Any], name: str) -> None:
-        try:
-            await work
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("switchboard %s: %s failed", self.node_id, name)
-
     async def close(self) -> None:
         for timer in self._ring.values():
             timer.cancel()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.close()
