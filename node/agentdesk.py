@@ -222,7 +222,13 @@ class AgentDesk:
             raise OfferError(f"agent {agent_id} has no offer or call {call_id}")
         if action is AgentAction.ANSWER and offer.answered:
             return Verdict(True, "already answered")
-        if action in (AgentAction.HANGUP, AgentAction.ESCALATE) and not offer.answered:
+        needs_answer = (
+            AgentAction.HANGUP,
+            AgentAction.ESCALATE,
+            AgentAction.CONSULT,
+            AgentAction.HANDOVER,
+        )
+        if action in needs_answer and not offer.answered:
             raise OfferError(f"call {call_id} is not answered yet: reject it instead")
         owner = self._link.owner(offer.call.owner_node)
         verdict = await owner.report(

@@ -119,14 +119,17 @@ def add_call_routes(
     async def escalate(request: web.Request) -> web.Response:
         agent = agent_id_from(request)
         body = await _body(request)
-        queue, notes = body.get("queue"), body.get("notes", "")
+        queue, notes, mode = body.get("queue"), body.get("notes", ""), body.get("mode", "cold")
+        if mode not in ("cold", "warm"):
+            raise BadRequest('mode must be "cold" (hand over to the queue) or "warm" (consult)')
         if not isinstance(queue, str) or not isinstance(notes, str) or len(notes) > MAX_NOTES:
             raise BadRequest(
                 f"queue must be a string and notes a string of at most {MAX_NOTES} characters, "
                 f'e.g. {{"queue": "escalations", "notes": "wants a refund"}}'
             )
+        kind = AgentAction.ESCALATE if mode == "cold" else AgentAction.CONSULT
         verdict = await desk.act(
-            agent, request.match_info["call_id"], AgentAction.ESCALATE, queue=queue, notes=notes
+            agent, request.match_info["call_id"], kind, queue=queue, notes=notes
         )
         status = 200 if verdict.accepted else 409
         return web.json_response(
@@ -202,4 +205,5 @@ def add_call_routes(
     app.router.add_post("/agents/{agent_id}/calls/{call_id}/reject", action(AgentAction.REJECT))
     app.router.add_post("/agents/{agent_id}/calls/{call_id}/hangup", action(AgentAction.HANGUP))
     app.router.add_post("/agents/{agent_id}/calls/{call_id}/escalate", escalate)
+    app.router.add_post("/agents/{agent_id}/calls/{call_id}/handover", action(AgentAction.HANDOVER))
     app.router.add_post("/agents/{agent_id}/wrap-up/done", wrap_up_done)

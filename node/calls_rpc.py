@@ -38,6 +38,8 @@ _ACTION_TO_WIRE = {
     AgentAction.HANGUP: pb.AGENT_ACTION_HANGUP,
     AgentAction.CHECK: pb.AGENT_ACTION_CHECK,
     AgentAction.ESCALATE: pb.AGENT_ACTION_ESCALATE,
+    AgentAction.CONSULT: pb.AGENT_ACTION_CONSULT,
+    AgentAction.HANDOVER: pb.AGENT_ACTION_HANDOVER,
 }
 _ACTION_FROM_WIRE = {wire: action for action, wire in _ACTION_TO_WIRE.items()}
 MAX_TEXT = 4096

@@ -87,4 +87,9 @@ class Call:
     missed: int = 0  # offers that lapsed
     notes: str = ""  # escalation notes, each line "agent: text"
     queued_ms: int = 0  # when the call entered its current queue (arrival, escalation, overflow)
+    # a warm escalation: the consulted agent, explicit beside `agent_id` (I2), until handover
+    consult_agent: str = ""
+    consult_node: str = ""
+    consult_epoch: int = 0
+    consult_answered: bool = False
     escalations: int = 0

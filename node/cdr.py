@@ -148,13 +148,22 @@ class CallRecords:
             values,
         )
 
-    def open_leg(self, call: Call) -> None:
+    def open_leg(
+        self, call: Call, agent_id: str = "", agent_node: str = "", offered_ms: int = 0
+    ) -> None:
+        """A leg for the call's agent, or for another agent (a consultation)."""
         seq = self._db.execute(
             "SELECT COALESCE(MAX(seq), 0) + 1 FROM legs WHERE call_id = ?", (call.call_id,)
         ).fetchone()[0]
         self._db.execute(
             "INSERT INTO legs (call_id, seq, agent_id, agent_node, offered_ms) VALUES (?,?,?,?,?)",
-            (call.call_id, seq, call.agent_id, call.agent_node, call.offered_ms),
+            (
+                call.call_id,
+                seq,
+                agent_id or call.agent_id,
+                agent_node or call.agent_node,
+                offered_ms or call.offered_ms,
+            ),
         )
 
     def update_leg(

@@ -42,6 +42,8 @@ class AgentAction(enum.Enum):
     HANGUP = "hangup"
     CHECK = "check"  # the home node's watchdog: is the call still live with this agent?
     ESCALATE = "escalate"  # hand the call to another queue, with notes (a cold transfer)
+    CONSULT = "consult"  # warm: ask an agent of another queue to join, with notes
+    HANDOVER = "handover"  # warm: leave the call to the consulted agent
 
 
 @dataclass(frozen=True, slots=True)

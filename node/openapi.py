@@ -102,16 +102,22 @@ PATHS: dict[str, dict[str, Any]] = {
     "/agents/{agent_id}/calls/{call_id}/hangup": {"post": _op("Hang up", tag="agents")},
     "/agents/{agent_id}/calls/{call_id}/escalate": {
         "post": _op(
-            "Hand the call to another queue with notes (cold)",
+            "Escalate with notes: cold hands the call to the queue; warm consults an agent of it",
             body={
                 "type": "object",
                 "required": ["queue"],
                 "properties": {
                     "queue": {"type": "string"},
                     "notes": {"type": "string", "maxLength": 2000},
+                    "mode": {"enum": ["cold", "warm"]},
                 },
             },
             tag="agents",
+        )
+    },
+    "/agents/{agent_id}/calls/{call_id}/handover": {
+        "post": _op(
+            "Warm escalation: leave the call to the consulted agent, who has answered", tag="agents"
         )
     },
     "/agents/{agent_id}/wrap-up/done": {"post": _op("End wrap-up early", tag="agents")},

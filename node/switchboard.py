@@ -161,12 +161,18 @@ class Switchboard:
         notes: str = "",
     ) -> Verdict:
         call = self.calls.get(call_id)
+        if call is not None and call.consult_agent == agent_id and call.consult_epoch == epoch:
+            return self._consulted(call, action)
         if call is None or call.agent_id != agent_id or call.epoch != epoch:
             return Verdict(False, "call_gone")
         if action is AgentAction.CHECK:
             return Verdict(call.state in (CallState.OFFERED, CallState.TALKING))
         if action is AgentAction.ESCALATE:
             return self._escalate(call, queue, notes)
+        if action is AgentAction.CONSULT:
+            return await self._consult(call, queue, notes)
+        if action is AgentAction.HANDOVER:
+            return self._handover(call)
         try:
             if action is AgentAction.ANSWER:
                 self._apply(call, CallEvent.ANSWER)
@@ -181,6 +187,138 @@ class Switchboard:
                 )
         except WrongState as error:
             return Verdict(False, str(error))
+        return Verdict(True)
+
+    async def _consult(self, call: Call, queue: str, notes: str) -> Verdict:
+        """Warm escalation: reserve an agent of `queue` for a consultation while the call's agent
+        stays on; the consulted agent gets the notes and the record cut to its trust."""
+        config = self._queues().get(queue)
+        if call.state is not CallState.TALKING or call.consult_agent:
+            return Verdict(False, "only a call in talk with no consultation can start one")
+        if config is None:
+            return Verdict(False, f"no queue {queue!r} to consult")
+        self._index.refresh(self._registry)
+        ranked = rank_agents(
+            self._index, config, 0.0, self._site, exclude=frozenset({call.agent_id})
+        )
+        line = f"{call.agent_id}: {notes.strip() or '(no notes)'}"
+        all_notes = f"{call.notes}\n{line}" if call.notes else line
+        customer = self._customer.get(call.call_id)
+        for agent in ranked[:CANDIDATES_PER_ROUND]:
+            info = CallInfo(
+                call.call_id,
+                self.node_id,
+                queue,
+                call.caller,
+                call.arrived_ms,
+                all_notes,
+                visible(customer, agent.trust) if customer is not None else {},
+            )
+            try:
+                answer = await asyncio.wait_for(
+                    self._link.desk(agent.home_node).reserve(
+                        info, agent.agent_id, config.ring_timeout_s, config.wrap_up_s
+                    ),
+                    self._rpc_timeout_s,
+                )
+            except (TimeoutError, ConnectionError):
+                continue
+            if not answer.reserved:
+                continue
+            current = self.calls.get(call.call_id)
+            if current is None or current.state is not CallState.TALKING:
+                await self._release(
+                    agent.home_node, call.call_id, agent.agent_id, ReleaseReason.CANCELLED
+                )
+                return Verdict(False, "call_gone")
+            now = _now_ms()
+            consulting = replace(
+                current,
+                notes=all_notes,
+                consult_agent=agent.agent_id,
+                consult_node=agent.home_node,
+                consult_epoch=answer.epoch,
+                consult_answered=False,
+            )
+            self.calls[call.call_id] = consulting
+            self._records.save(consulting)
+            self._records.open_leg(consulting, agent.agent_id, agent.home_node, now)
+            log.info(
+                "call %s: %s consults %s (%s)", call.call_id, call.agent_id, agent.agent_id, queue
+            )
+            asyncio.get_running_loop().call_later(
+                config.ring_timeout_s, self._consult_timeout, call.call_id, agent.agent_id
+            )
+            return Verdict(True, agent.agent_id)
+        return Verdict(False, f"no agent of {queue} is free to consult")
+
+    def _consult_timeout(self, call_id: str, agent_id: str) -> None:
+        call = self.calls.get(call_id)
+        if call is not None and call.consult_agent == agent_id and not call.consult_answered:
+            node = call.consult_node
+            cleared = replace(call, consult_agent="", consult_node="", consult_epoch=0)
+            self.calls[call_id] = cleared
+            self._records.save(cleared)
+            self._records.update_leg(
+                call_id, agent_id, ended_ms=_now_ms(), result="consult not answered"
+            )
+            self._tasks.spawn(
+                self._release(node, call_id, agent_id, ReleaseReason.MISSED),
+                f"release consult {call_id}",
+            )
+
+    def _consulted(self, call: Call, action: AgentAction) -> Verdict:
+        """What the consulted agent does: answer joins the consultation; reject or hang up ends
+        it (the call stays with its agent)."""
+        if action is AgentAction.CHECK:
+            return Verdict(True)
+        agent, node = call.consult_agent, call.consult_node
+        if action is AgentAction.ANSWER:
+            answered = replace(call, consult_answered=True)
+            self.calls[call.call_id] = answered
+            self._records.save(answered)
+            self._records.update_leg(call.call_id, agent, answered_ms=_now_ms())
+            return Verdict(True)
+        if action not in (AgentAction.REJECT, AgentAction.HANGUP):
+            return Verdict(False, "the consulted agent may answer, reject or hang up")
+        ended = replace(
+            call, consult_agent="", consult_node="", consult_epoch=0, consult_answered=False
+        )
+        self.calls[call.call_id] = ended
+        self._records.save(ended)
+        result = "consult rejected" if action is AgentAction.REJECT else "consult ended"
+        self._records.update_leg(call.call_id, agent, ended_ms=_now_ms(), result=result)
+        if action is AgentAction.HANGUP:
+            self._tasks.spawn(
+                self._release(node, call.call_id, agent, ReleaseReason.ENDED),
+                f"release {call.call_id}",
+            )
+        return Verdict(True)
+
+    def _handover(self, call: Call) -> Verdict:
+        """The call's agent leaves the call to the consulted agent, who has answered."""
+        if not call.consult_agent or not call.consult_answered:
+            return Verdict(False, "hand over only to a consulted agent who has answered")
+        leaving, node = call.agent_id, call.agent_node
+        self._records.update_leg(call.call_id, leaving, ended_ms=_now_ms(), result="handed over")
+        taken = replace(
+            call,
+            agent_id=call.consult_agent,
+            agent_node=call.consult_node,
+            epoch=call.consult_epoch,
+            consult_agent="",
+            consult_node="",
+            consult_epoch=0,
+            consult_answered=False,
+            escalations=call.escalations + 1,
+        )
+        self.calls[call.call_id] = taken
+        self._records.save(taken)
+        self._tasks.spawn(
+            self._release(node, call.call_id, leaving, ReleaseReason.ENDED),
+            f"release {call.call_id}",
+        )
+        log.info("call %s handed over from %s to %s", call.call_id, leaving, taken.agent_id)
         return Verdict(True)
 
     def _escalate(self, call: Call, queue: str, notes: str) -> Verdict:
@@ -418,6 +556,20 @@ class Switchboard:
             )
         if call.agent_id and (outcome is not None or event is CallEvent.MISS):
             self._claimed.pop(call.agent_id, None)
+        if outcome is not None and call.consult_agent:
+            # the call ended during a consultation: the consulted agent goes too
+            self._records.update_leg(
+                call.call_id, call.consult_agent, ended_ms=now, result=outcome.value
+            )
+            self._tasks.spawn(
+                self._release(
+                    call.consult_node,
+                    call.call_id,
+                    call.consult_agent,
+                    ReleaseReason.ENDED if call.consult_answered else ReleaseReason.CANCELLED,
+                ),
+                f"release consult {call.call_id}",
+            )
         if outcome is not None:
             self._count_end(changed, outcome)
         if state is CallState.ENDED:

@@ -62,6 +62,10 @@ class _AgentActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentActi
     """is the call still live with this agent? (a watchdog)"""
     AGENT_ACTION_ESCALATE: _AgentAction.ValueType  # 5
     """hand the call to `queue` with `notes` (a cold transfer)"""
+    AGENT_ACTION_CONSULT: _AgentAction.ValueType  # 6
+    """warm: ask an agent of `queue` to consult, with `notes`"""
+    AGENT_ACTION_HANDOVER: _AgentAction.ValueType  # 7
+    """warm: leave the call to the consulted agent"""
 
 class AgentAction(_AgentAction, metaclass=_AgentActionEnumTypeWrapper):
     """Home -> owner: the agent answered, rejected or hung up."""
@@ -74,6 +78,10 @@ AGENT_ACTION_CHECK: AgentAction.ValueType  # 4
 """is the call still live with this agent? (a watchdog)"""
 AGENT_ACTION_ESCALATE: AgentAction.ValueType  # 5
 """hand the call to `queue` with `notes` (a cold transfer)"""
+AGENT_ACTION_CONSULT: AgentAction.ValueType  # 6
+"""warm: ask an agent of `queue` to consult, with `notes`"""
+AGENT_ACTION_HANDOVER: AgentAction.ValueType  # 7
+"""warm: leave the call to the consulted agent"""
 Global___AgentAction: _TypeAlias = AgentAction  # noqa: Y015
 
 @_typing.final

@@ -105,3 +105,52 @@ async def test_partner_escalates_with_notes_and_never_sees_in_house_fields(
     # nothing the partner's node holds carries an in-house-only field
     _, view = await client.get(partner, "/registry")
     assert not any(name in str(view) for name in inhouse_only)
+
+
+@pytest.mark.slow
+async def test_warm_escalation_consults_then_hands_over(partner_and_house: Client) -> None:
+    client = partner_and_house
+    partner, house = "partner-c-n1", "site-a-n1"
+    await client.post(partner, "/agents/pia/login", {"skills": {"sales": 4}, "tier": 1})
+    await client.post(house, "/agents/sam/login", {"skills": {"sales": 9}, "tier": 2})
+
+    async def both_known() -> bool:
+        return all([await client.agent(house, "pia"), await client.agent(house, "sam")])
+
+    await eventually(both_known, 3, "both agents known at the owner")
+    call = await place(client, house, SAMPLE_CUSTOMERS[1].phone)
+    call_id = call["call_id"]
+    await offered(client, partner, "pia")
+    assert (await client.post(partner, f"/agents/pia/calls/{call_id}/answer"))[0] == 200
+    status, body = await client.post(
+        partner,
+        f"/agents/pia/calls/{call_id}/escalate",
+        {"queue": "escalations", "notes": "line fault since Monday", "mode": "warm"},
+    )
+    assert status == 200, body
+    consult = await offered(client, house, "sam")
+    assert "pia: line fault since Monday" in consult["notes"]
+    status, body = await client.post(partner, f"/agents/pia/calls/{call_id}/handover")
+    assert status == 409, body  # not before the specialist has answered
+    assert (await client.post(house, f"/agents/sam/calls/{call_id}/answer"))[0] == 200
+    _, during = await client.get(house, f"/calls/{call_id}")
+    assert (during["state"], during["agent_id"]) == ("talking", "pia")  # one agent on the call
+    status, body = await client.post(partner, f"/agents/pia/calls/{call_id}/handover")
+    assert status == 200, body
+    _, after = await client.get(house, f"/calls/{call_id}")
+    assert (after["agent_id"], after["agent_node"]) == ("sam", house)
+
+    async def pia_released() -> bool:
+        record = await client.agent(partner, "pia")
+        return record is not None and record["active_calls"] == 0
+
+    await eventually(pia_released, 3, "pia released after the hand-over")
+    status, body = await client.post(house, f"/agents/sam/calls/{call_id}/hangup")
+    assert status == 200, body
+    _, record = await client.get(house, f"/records/{call_id}")
+    assert record["call"]["outcome"] == "completed"
+    assert [(leg["agent_id"], leg["result"]) for leg in record["legs"]] == [
+        ("pia", "handed over"),
+        ("sam", "completed"),
+    ]
+    assert all(leg["answered_ms"] > 0 for leg in record["legs"])
