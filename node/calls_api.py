@@ -93,6 +93,9 @@ def add_call_routes(
             return web.Response(text=out.getvalue(), content_type="text/csv")
         return web.json_response({"calls": rows})
 
+    async def billing(request: web.Request) -> web.Response:
+        return web.json_response({"billing": records.billing()})
+
     async def one_record(request: web.Request) -> web.Response:
         call_id = request.match_info["call_id"]
         row = records.call(call_id)
@@ -199,6 +202,7 @@ def add_call_routes(
     app.router.add_get("/calls/{call_id}", show)
     app.router.add_post("/calls/{call_id}/hangup", hangup)
     app.router.add_get("/records", list_records)
+    app.router.add_get("/records/billing", billing)
     app.router.add_get("/records/{call_id}", one_record)
     app.router.add_get("/agents/{agent_id}/offers", offers)
     app.router.add_post("/agents/{agent_id}/calls/{call_id}/answer", action(AgentAction.ANSWER))

@@ -92,4 +92,5 @@ class Call:
     consult_node: str = ""
     consult_epoch: int = 0
     consult_answered: bool = False
+    customer_id: str = ""  # the caller's customer record, when the directory knew the caller
     escalations: int = 0

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS calls (
     missed      INTEGER NOT NULL DEFAULT 0,
     notes       TEXT NOT NULL DEFAULT '',
     escalations INTEGER NOT NULL DEFAULT 0,
-    queued_ms   INTEGER NOT NULL DEFAULT 0
+    queued_ms   INTEGER NOT NULL DEFAULT 0,
+    customer_id TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS legs (
     call_id     TEXT NOT NULL REFERENCES calls(call_id),
@@ -42,6 +43,7 @@ CREATE TABLE IF NOT EXISTS legs (
     answered_ms INTEGER NOT NULL DEFAULT 0,
     ended_ms    INTEGER NOT NULL DEFAULT 0,
     result      TEXT NOT NULL DEFAULT '',
+    kind        TEXT NOT NULL DEFAULT 'agent',
     PRIMARY KEY (call_id, seq)
 );
 """
@@ -64,6 +66,7 @@ COLUMNS = [
     "notes",
     "escalations",
     "queued_ms",
+    "customer_id",
 ]
 
 
@@ -77,6 +80,7 @@ class Leg:
     answered_ms: int
     ended_ms: int
     result: str
+    kind: str = "agent"
 
 
 class CallRecords:
@@ -96,9 +100,13 @@ class CallRecords:
             ("notes", "TEXT NOT NULL DEFAULT ''"),
             ("escalations", "INTEGER NOT NULL DEFAULT 0"),
             ("queued_ms", "INTEGER NOT NULL DEFAULT 0"),
+            ("customer_id", "TEXT NOT NULL DEFAULT ''"),
         ):
             if column not in have:
                 self._db.execute(f"ALTER TABLE calls ADD COLUMN {column} {kind}")
+        legs = {row[1] for row in self._db.execute("PRAGMA table_info(legs)")}
+        if "kind" not in legs:
+            self._db.execute("ALTER TABLE legs ADD COLUMN kind TEXT NOT NULL DEFAULT 'agent'")
 
     def close(self) -> None:
         self._db.close()
@@ -141,6 +149,7 @@ class CallRecords:
             call.notes,
             call.escalations,
             call.queued_ms,
+            call.customer_id,
         )
         self._db.execute(
             f"INSERT OR REPLACE INTO calls ({', '.join(COLUMNS)}) "
@@ -149,20 +158,30 @@ class CallRecords:
         )
 
     def open_leg(
-        self, call: Call, agent_id: str = "", agent_node: str = "", offered_ms: int = 0
+        self,
+        call: Call,
+        agent_id: str = "",
+        agent_node: str = "",
+        offered_ms: int = 0,
+        *,
+        kind: str = "agent",
+        answered_ms: int = 0,
     ) -> None:
-        """A leg for the call's agent, or for another agent (a consultation)."""
+        """A leg for the call's agent, or for another agent (kind "consult")."""
         seq = self._db.execute(
             "SELECT COALESCE(MAX(seq), 0) + 1 FROM legs WHERE call_id = ?", (call.call_id,)
         ).fetchone()[0]
         self._db.execute(
-            "INSERT INTO legs (call_id, seq, agent_id, agent_node, offered_ms) VALUES (?,?,?,?,?)",
+            "INSERT INTO legs (call_id, seq, agent_id, agent_node, offered_ms, answered_ms, kind) "
+            "VALUES (?,?,?,?,?,?,?)",
             (
                 call.call_id,
                 seq,
                 agent_id or call.agent_id,
                 agent_node or call.agent_node,
                 offered_ms or call.offered_ms,
+                answered_ms,
+                kind,
             ),
         )
 
@@ -196,9 +215,35 @@ class CallRecords:
         ).fetchall()
         return [dict(zip(COLUMNS, row, strict=True)) for row in rows]
 
+    def billing(self) -> list[dict[str, Any]]:
+        """Consultation time (answered consultation legs) and talk time per customer and per
+        service (the call's queue), for billing."""
+        rows = self._db.execute(
+            "SELECT c.customer_id, c.queue, "
+            "SUM(CASE WHEN l.kind = 'consult' THEN l.ended_ms - l.answered_ms ELSE 0 END), "
+            "SUM(CASE WHEN l.kind = 'consult' THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN l.kind = 'agent' THEN l.ended_ms - l.answered_ms ELSE 0 END), "
+            "COUNT(DISTINCT c.call_id) "
+            "FROM legs l JOIN calls c ON c.call_id = l.call_id "
+            "WHERE l.answered_ms > 0 AND l.ended_ms >= l.answered_ms "
+            "GROUP BY c.customer_id, c.queue ORDER BY c.customer_id, c.queue"
+        ).fetchall()
+        return [
+            {
+                "customer_id": customer,
+                "service": queue,
+                "consult_s": round(consult_ms / 1000, 3),
+                "consultations": consultations,
+                "talk_s": round(talk_ms / 1000, 3),
+                "calls": calls,
+            }
+            for customer, queue, consult_ms, consultations, talk_ms, calls in rows
+        ]
+
     def legs(self, call_id: str) -> list[Leg]:
         rows = self._db.execute(
-            "SELECT call_id, seq, agent_id, agent_node, offered_ms, answered_ms, ended_ms, result "
+            "SELECT call_id, seq, agent_id, agent_node, offered_ms, answered_ms, ended_ms, result, "
+            "kind "
             "FROM legs WHERE call_id = ? ORDER BY seq",
             (call_id,),
         ).fetchall()

@@ -140,6 +140,13 @@ PATHS: dict[str, dict[str, Any]] = {
     "/calls/{call_id}/hangup": {"post": _op("The caller hangs up", tag="callers")},
     "/records": {"get": _op("Call records (JSON, or ?format=csv)", tag="supervisors")},
     "/records/{call_id}": {"get": _op("One call record with its legs", tag="supervisors")},
+    "/records/billing": {
+        "get": _op(
+            "Consultation and talk time per customer and per service (queue)",
+            errors=(),
+            tag="supervisors",
+        )
+    },
     "/supervisor": {
         "get": _op("Agents by state and waiting calls, per site", errors=(), tag="supervisors")
     },

@@ -112,7 +112,15 @@ class Switchboard:
                 log.exception("customer look-up for %s failed; routing without it", caller)
         call_id = f"{self.node_id}-{_now_ms():x}-{next(self._ids)}"
         now = _now_ms()
-        call = Call(call_id, self.node_id, queue, caller, now, queued_ms=now)
+        call = Call(
+            call_id,
+            self.node_id,
+            queue,
+            caller,
+            now,
+            queued_ms=now,
+            customer_id=customer.customer_id if customer is not None else "",
+        )
         self._records.save(call)  # accepted only once recorded
         self.calls[call_id] = call
         self._customer[call_id] = customer
@@ -242,7 +250,7 @@ class Switchboard:
             )
             self.calls[call.call_id] = consulting
             self._records.save(consulting)
-            self._records.open_leg(consulting, agent.agent_id, agent.home_node, now)
+            self._records.open_leg(consulting, agent.agent_id, agent.home_node, now, kind="consult")
             log.info(
                 "call %s: %s consults %s (%s)", call.call_id, call.agent_id, agent.agent_id, queue
             )
@@ -299,8 +307,12 @@ class Switchboard:
         """The call's agent leaves the call to the consulted agent, who has answered."""
         if not call.consult_agent or not call.consult_answered:
             return Verdict(False, "hand over only to a consulted agent who has answered")
-        leaving, node = call.agent_id, call.agent_node
-        self._records.update_leg(call.call_id, leaving, ended_ms=_now_ms(), result="handed over")
+        leaving, node, now = call.agent_id, call.agent_node, _now_ms()
+        self._records.update_leg(call.call_id, leaving, ended_ms=now, result="handed over")
+        # the consultation (billed as such) ends here; the call goes on as the new agent's leg
+        self._records.update_leg(
+            call.call_id, call.consult_agent, ended_ms=now, result="took the call"
+        )
         taken = replace(
             call,
             agent_id=call.consult_agent,
@@ -314,6 +326,7 @@ class Switchboard:
         )
         self.calls[call.call_id] = taken
         self._records.save(taken)
+        self._records.open_leg(taken, offered_ms=now, answered_ms=now)
         self._tasks.spawn(
             self._release(node, call.call_id, leaving, ReleaseReason.ENDED),
             f"release {call.call_id}",

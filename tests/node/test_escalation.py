@@ -149,8 +149,14 @@ async def test_warm_escalation_consults_then_hands_over(partner_and_house: Clien
     assert status == 200, body
     _, record = await client.get(house, f"/records/{call_id}")
     assert record["call"]["outcome"] == "completed"
-    assert [(leg["agent_id"], leg["result"]) for leg in record["legs"]] == [
-        ("pia", "handed over"),
-        ("sam", "completed"),
+    assert [(leg["agent_id"], leg["kind"], leg["result"]) for leg in record["legs"]] == [
+        ("pia", "agent", "handed over"),
+        ("sam", "consult", "took the call"),
+        ("sam", "agent", "completed"),
     ]
     assert all(leg["answered_ms"] > 0 for leg in record["legs"])
+    _, billing = await client.get(house, "/records/billing")
+    [line] = [b for b in billing["billing"] if b["customer_id"] == SAMPLE_CUSTOMERS[1].customer_id]
+    assert (line["service"], line["consultations"], line["calls"]) == ("sales", 1, 1)
+    consult = record["legs"][1]
+    assert line["consult_s"] == round((consult["ended_ms"] - consult["answered_ms"]) / 1000, 3)
