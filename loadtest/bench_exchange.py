@@ -66,6 +66,7 @@ async def three_nodes(root: Path) -> AsyncIterator[dict[str, Node]]:
                     "gateway": True,
                     "data_dir": str(root / f"{node_id}-data"),
                     "queues_file": str(root / "queues.toml"),
+                    "drain_timeout_s": 0,  # the burst's calls stay offered: do not wait for them
                 }
             )
             nodes[node_id] = Node(config)

@@ -4,41 +4,38 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-
-def _bench_registry() -> dict[str, float]:
-    from loadtest.bench_registry import run
-
-    return run()
-
-
-def _bench_gossip() -> dict[str, float]:
-    from loadtest.bench_gossip import run
-
-    return run()
-
-
-def _bench_routing() -> dict[str, float]:
-    from loadtest.bench_exchange import exchange
-    from loadtest.bench_routing import decision
-
-    return {**decision(), **exchange()}
-
-
-BENCHMARKS: dict[str, Callable[[], dict[str, float]]] = {
-    "gossip": _bench_gossip,
-    "routing": _bench_routing,
-    "registry": _bench_registry,
+BENCHMARKS: dict[str, list[tuple[str, str]]] = {
+    # name -> the (module, function) parts it runs, each returning its figures
+    "registry": [("loadtest.bench_registry", "run")],
+    "gossip": [("loadtest.bench_gossip", "run")],
+    "routing": [("loadtest.bench_routing", "decision"), ("loadtest.bench_exchange", "exchange")],
+}
+QUICK: dict[str, dict[str, object]] = {
+    # --quick: a short form for the tests; its figures are not comparable with the targets
+    "loadtest.bench_registry": {"AGENTS": 2_000, "DELTAS": 40, "REPEATS": 1},
+    "loadtest.bench_gossip": {"SAMPLES": 20, "HEAL_AGENTS": 1_000, "TRAFFIC_S": 3.0},
+    "loadtest.bench_routing": {"AGENTS": 2_000, "DECISIONS": 100, "WARM_UP": 20},
+    "loadtest.bench_exchange": {"SAMPLES": 20, "BURST_CALLS": 50, "AGENTS_PER_HOME": 60},
 }
 
 
 def _bench(args: argparse.Namespace) -> int:
-    figures = BENCHMARKS[args.name]()
+    figures: dict[str, float] = {}
+    for module_name, function in BENCHMARKS[args.name]:
+        module = importlib.import_module(module_name)
+        if args.quick:
+            for constant, value in QUICK[module_name].items():
+                setattr(module, constant, value)
+        figures.update(getattr(module, function)())
+    if args.quick:
+        print("quick run: smaller sizes, figures not comparable with the targets")
     print(json.dumps(figures, sort_keys=True))
     return 0
 
@@ -69,6 +66,7 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True)
     bench = commands.add_parser("bench", help="run a benchmark; its last line is a JSON object")
     bench.add_argument("name", choices=sorted(BENCHMARKS))
+    bench.add_argument("--quick", action="store_true", help="a short form (for the tests)")
     bench.set_defaults(run=_bench)
     up = commands.add_parser("up", help="run a local cluster on loopback until Ctrl-C")
     up.add_argument("--sites", type=int, default=3, help="how many sites (default 3)")

@@ -50,13 +50,38 @@ def test_bad_arguments_get_a_clear_error() -> None:
     assert "invalid choice: 'nope'" in result.stderr
 
 
+EXPECTED_FIGURES = {
+    "registry": {"merges_per_s", "decode_merge_per_s", "bytes_per_update", "full_sync_10k_ms"},
+    "gossip": {
+        "converge_site_ms_p50",
+        "converge_site_ms_p99",
+        "converge_cross_site_ms_p50",
+        "converge_cross_site_ms_p99",
+        "heal_converge_ms",
+        "gossip_bytes_per_s_per_node",
+    },
+    "routing": {
+        "decision_us_p50",
+        "decision_us_p99",
+        "reserve_ms_p50_site",
+        "reserve_ms_p99_site",
+        "reserve_ms_p50_cross",
+        "reserve_ms_p99_cross",
+        "calls_routed_per_s",
+    },
+}
+
+
 @pytest.mark.slow
-def test_bench_registry_ends_with_one_json_line() -> None:
+@pytest.mark.parametrize("name", sorted(EXPECTED_FIGURES))
+def test_each_benchmark_ends_with_one_json_line_of_its_figures(name: str) -> None:
     result = subprocess.run(
-        [*CALLMESH, "bench", "registry"], capture_output=True, text=True, timeout=300
+        [*CALLMESH, "--log-level", "ERROR", "bench", name, "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout.strip().splitlines()[-1])
-    expected = {"merges_per_s", "decode_merge_per_s", "bytes_per_update", "full_sync_10k_ms"}
-    assert set(figures) == expected
+    assert set(figures) == EXPECTED_FIGURES[name]
     assert all(isinstance(v, int | float) and v > 0 for v in figures.values())
