@@ -18,10 +18,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from node.app import Node
+from node.calls_rpc import NodeLink
 from node.callstate import CallState
 from node.config import NodeConfig
 from node.etcd_server import EtcdServer
-from node.exchange import CallInfo, ReleaseReason
+from node.exchange import CallInfo, Desk, ReleaseReason
 from node.sessions import Profile
 
 SAMPLES = 300
@@ -96,10 +97,19 @@ async def login(node: Node, prefix: str, count: int) -> list[str]:
 
 
 async def round_trips(owner: Node, home: str, agents: list[str]) -> list[float]:
-    link_owner = owner.switchboard
-    assert link_owner is not None
-    desk = link_owner._link.desk(home)  # the owner's own link: gRPC to the home node
-    samples = []
+    link = NodeLink(owner.registry, timeout_s=2.0)  # gRPC to the home node, as routing does
+    desk = link.desk(home)
+    samples: list[float] = []
+    try:
+        await _reserve_release(owner, home, agents, desk, samples)
+    finally:
+        await link.close()
+    return samples
+
+
+async def _reserve_release(
+    owner: Node, home: str, agents: list[str], desk: Desk, samples: list[float]
+) -> None:
     for i in range(SAMPLES):
         agent = agents[i % len(agents)]
         call = CallInfo(f"bench-{home}-{i}", owner.config.node_id, "bench", "+1", 0)
@@ -109,7 +119,6 @@ async def round_trips(owner: Node, home: str, agents: list[str]) -> list[float]:
         if not answer.reserved:
             raise RuntimeError(f"reserve {agent} at {home} refused: {answer.reason}")
         await desk.release(call.call_id, agent, ReleaseReason.CANCELLED)
-    return samples
 
 
 def pct(samples: list[float], q: float) -> float:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -24,6 +23,7 @@ from node.queues import QueueConfig
 from node.routing import pick_queue
 from node.sessions import NotHeldHere, SessionError, Sessions
 from node.tasks import Tasks
+from registry.clock import wall_ms
 from registry.records import AgentState
 from registry.registry import Registry
 
@@ -65,10 +65,6 @@ class Offer:
 
 class OfferError(SessionError):
     code = "offer_not_found"
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class AgentDesk:
@@ -124,9 +120,8 @@ class AgentDesk:
             return Reservation(False, "not_here")
         guard = [(self._sessions.session_key(agent_id), session_revision)]
         value = json.dumps({"call": call.call_id, "owner": call.owner_node}).encode()
-        base = self._sessions.session_key(agent_id).removesuffix("session")
         for slot in range(record.capacity):
-            key = f"{base}slots/{slot}"
+            key = self._sessions.slot_key(agent_id, slot)
             if await self._etcd.put_if(key, value, mod_revision=0, leased=True, guards=guard):
                 break
         else:
@@ -138,7 +133,7 @@ class AgentDesk:
                 state=AgentState.RESERVED if record.active_calls == 0 else record.state,
                 reason="",
                 active_calls=record.active_calls + 1,
-                state_since_ms=_now_ms() if record.active_calls == 0 else record.state_since_ms,
+                state_since_ms=wall_ms() if record.active_calls == 0 else record.state_since_ms,
             )
         )
         offer = Offer(call, key, record.epoch, wrap_up_s)
@@ -186,7 +181,7 @@ class AgentDesk:
                 (AgentState.TALKING, "") if self._talking(agent_id) else (AgentState.RESERVED, "")
             )
         self._sessions.write(
-            replace(record, state=state, reason=why, active_calls=active, state_since_ms=_now_ms())
+            replace(record, state=state, reason=why, active_calls=active, state_since_ms=wall_ms())
         )
         log.info(
             "agent %s released from call %s (%s) -> %s", agent_id, call_id, reason.value, state.name
@@ -240,7 +235,7 @@ class AgentDesk:
                 offer.expiry.cancel()
             record = self._sessions.held_record(agent_id)
             self._sessions.write(
-                replace(record, state=AgentState.TALKING, state_since_ms=_now_ms())
+                replace(record, state=AgentState.TALKING, state_since_ms=wall_ms())
             )
             log.info("agent %s answered call %s", agent_id, call_id)
         elif action is AgentAction.REJECT or (
@@ -253,7 +248,7 @@ class AgentDesk:
         record = self._sessions.held_record(agent_id)
         if record.state is not AgentState.WRAP_UP:
             raise NotHeldHere(f"agent {agent_id} is not in wrap-up")
-        self._sessions.write(replace(record, state=AgentState.AVAILABLE, state_since_ms=_now_ms()))
+        self._sessions.write(replace(record, state=AgentState.AVAILABLE, state_since_ms=wall_ms()))
         self.freed(agent_id)
 
     async def _end_wrap_up(self, agent_id: str, wrap_up_s: float) -> None:
@@ -310,7 +305,7 @@ class AgentDesk:
             self._registry.queues(),
             record,
             self._queues(),
-            _now_ms(),
+            wall_ms(),
             agents=self._registry.agents(),
         )
         if best is None:

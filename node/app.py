@@ -35,7 +35,7 @@ from node.sessions import Sessions
 from node.switchboard import Switchboard
 from node.tasks import Tasks
 from protos.calls_pb2_grpc import add_CallsServicer_to_server
-from registry.clock import HybridClock
+from registry.clock import HybridClock, wall_ms
 from registry.records import NodeInfo
 from registry.registry import Registry
 
@@ -146,7 +146,7 @@ class Node:
             await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
             records = CallRecords(data_dir / "calls.db")
             stack.callback(records.close)
-            orphans = records.close_orphans(_now_ms(), "node restarted while the call was live")
+            orphans = records.close_orphans(wall_ms(), "node restarted while the call was live")
             if orphans:
                 log.warning(
                     "node %s closed %d calls left open as failed", config.node_id, len(orphans)
@@ -272,10 +272,6 @@ class Node:
 
     async def _cancel_tasks(self) -> None:
         await self._tasks.close()
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _queue_source(path: str) -> Callable[[], Mapping[str, QueueConfig]]:

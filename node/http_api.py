@@ -184,10 +184,8 @@ def make_app(
             }
         )
 
-    agent_id = agent_id_from
-
     async def login(request: web.Request) -> web.Response:
-        record = await sessions.login(agent_id(request), _profile(await _body(request)))
+        record = await sessions.login(agent_id_from(request), _profile(await _body(request)))
         return web.json_response(agent_json(record))
 
     async def set_state(request: web.Request) -> web.Response:
@@ -195,11 +193,11 @@ def make_app(
         reason = body.get("reason", "")
         if not isinstance(reason, str):
             raise BadRequest("reason must be a string")
-        record = sessions.set_state(agent_id(request), _state(body.get("state")), reason)
+        record = sessions.set_state(agent_id_from(request), _state(body.get("state")), reason)
         return web.json_response(agent_json(record))
 
     async def logout(request: web.Request) -> web.Response:
-        return web.json_response(agent_json(await sessions.logout(agent_id(request))))
+        return web.json_response(agent_json(await sessions.logout(agent_id_from(request))))
 
     async def set_faults(request: web.Request) -> web.Response:
         block = (await _body(request)).get("block", [])

@@ -18,12 +18,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from node import metrics
 from node.etcd import Etcd, EventKind, WatchCompacted
+from registry.clock import wall_ms
 from registry.errors import RegistryError
 from registry.records import AgentRecord, AgentState, Skills, Trust
 from registry.registry import Registry
@@ -56,10 +56,6 @@ class Profile:
 
 def agents_prefix(site: str) -> str:
     return f"/callmesh/sites/{site}/agents/"
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Sessions:
@@ -151,7 +147,7 @@ class Sessions:
                 tier=profile.tier,
                 skills=profile.skills,
                 state=AgentState.AVAILABLE,
-                state_since_ms=_now_ms(),
+                state_since_ms=wall_ms(),
                 capacity=profile.capacity,
                 epoch=epoch,
             )
@@ -166,6 +162,10 @@ class Sessions:
 
     def session_key(self, agent_id: str) -> str:
         return self._keys(agent_id)[1]
+
+    def slot_key(self, agent_id: str, slot: int) -> str:
+        """One of the agent's `capacity` reservation slots (node/agentdesk.py)."""
+        return f"{self._prefix}{agent_id}/slots/{slot}"
 
     def held_record(self, agent_id: str) -> AgentRecord:
         """The record of an agent whose session this node holds (NotHeldHere, Fenced)."""
@@ -195,7 +195,7 @@ class Sessions:
             raise SessionError(f"an agent sets only available or not-ready, not {state.name}")
         if record.active_calls > 0:
             raise SessionError(f"agent {agent_id} is on a call; finish it first")
-        updated = self._write(replace(record, state=state, reason=reason, state_since_ms=_now_ms()))
+        updated = self._write(replace(record, state=state, reason=reason, state_since_ms=wall_ms()))
         log.info("agent %s %s -> %s", agent_id, record.state.name, state.name)
         if state is AgentState.AVAILABLE:
             self._on_available(agent_id)
@@ -205,7 +205,7 @@ class Sessions:
         record = self._held_record(agent_id)
         self._drop(agent_id)
         offline = self._write(
-            replace(record, state=AgentState.OFFLINE, reason="", state_since_ms=_now_ms())
+            replace(record, state=AgentState.OFFLINE, reason="", state_since_ms=wall_ms())
         )
         _, session_key = self._keys(agent_id)
         current = await self._etcd.get(session_key)
@@ -284,7 +284,7 @@ class Sessions:
                 state=AgentState.OFFLINE,
                 reason="",
                 active_calls=0,
-                state_since_ms=_now_ms(),
+                state_since_ms=wall_ms(),
                 epoch=epoch,
             )
         )

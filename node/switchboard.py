@@ -25,6 +25,7 @@ from node.exchange import AgentAction, CallInfo, Link, ReleaseReason, Verdict
 from node.queues import QueueConfig
 from node.routing import AgentIndex, eligible, rank_agents, reached_steps
 from node.tasks import Tasks
+from registry.clock import wall_ms
 from registry.records import AgentRecord, AgentState, QueueSummary
 from registry.registry import Registry
 
@@ -45,10 +46,6 @@ class UnknownQueue(Exception):
 
 class Draining(Exception):
     code = "node_draining"
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Switchboard:
@@ -110,8 +107,8 @@ class Switchboard:
                 customer = await self._customers.lookup(caller)
             except Exception:  # a broken directory costs the screen pop, never the call
                 log.exception("customer look-up for %s failed; routing without it", caller)
-        call_id = f"{self.node_id}-{_now_ms():x}-{next(self._ids)}"
-        now = _now_ms()
+        call_id = f"{self.node_id}-{wall_ms():x}-{next(self._ids)}"
+        now = wall_ms()
         call = Call(
             call_id,
             self.node_id,
@@ -184,7 +181,7 @@ class Switchboard:
         try:
             if action is AgentAction.ANSWER:
                 self._apply(call, CallEvent.ANSWER)
-                self._records.update_leg(call_id, agent_id, answered_ms=_now_ms())
+                self._records.update_leg(call_id, agent_id, answered_ms=wall_ms())
             elif action is AgentAction.REJECT:
                 self._miss(call, "rejected")
             else:
@@ -239,7 +236,7 @@ class Switchboard:
                     agent.home_node, call.call_id, agent.agent_id, ReleaseReason.CANCELLED
                 )
                 return Verdict(False, "call_gone")
-            now = _now_ms()
+            now = wall_ms()
             consulting = replace(
                 current,
                 notes=all_notes,
@@ -268,7 +265,7 @@ class Switchboard:
             self.calls[call_id] = cleared
             self._records.save(cleared)
             self._records.update_leg(
-                call_id, agent_id, ended_ms=_now_ms(), result="consult not answered"
+                call_id, agent_id, ended_ms=wall_ms(), result="consult not answered"
             )
             self._tasks.spawn(
                 self._release(node, call_id, agent_id, ReleaseReason.MISSED),
@@ -285,7 +282,7 @@ class Switchboard:
             answered = replace(call, consult_answered=True)
             self.calls[call.call_id] = answered
             self._records.save(answered)
-            self._records.update_leg(call.call_id, agent, answered_ms=_now_ms())
+            self._records.update_leg(call.call_id, agent, answered_ms=wall_ms())
             return Verdict(True)
         if action not in (AgentAction.REJECT, AgentAction.HANGUP):
             return Verdict(False, "the consulted agent may answer, reject or hang up")
@@ -295,7 +292,7 @@ class Switchboard:
         self.calls[call.call_id] = ended
         self._records.save(ended)
         result = "consult rejected" if action is AgentAction.REJECT else "consult ended"
-        self._records.update_leg(call.call_id, agent, ended_ms=_now_ms(), result=result)
+        self._records.update_leg(call.call_id, agent, ended_ms=wall_ms(), result=result)
         if action is AgentAction.HANGUP:
             self._tasks.spawn(
                 self._release(node, call.call_id, agent, ReleaseReason.ENDED),
@@ -307,7 +304,7 @@ class Switchboard:
         """The call's agent leaves the call to the consulted agent, who has answered."""
         if not call.consult_agent or not call.consult_answered:
             return Verdict(False, "hand over only to a consulted agent who has answered")
-        leaving, node, now = call.agent_id, call.agent_node, _now_ms()
+        leaving, node, now = call.agent_id, call.agent_node, wall_ms()
         self._records.update_leg(call.call_id, leaving, ended_ms=now, result="handed over")
         # the consultation (billed as such) ends here; the call goes on as the new agent's leg
         self._records.update_leg(
@@ -344,7 +341,7 @@ class Switchboard:
         if queue not in self._queues():
             return Verdict(False, f"no queue {queue!r} to escalate to")
         agent, node = call.agent_id, call.agent_node
-        self._records.update_leg(call.call_id, agent, ended_ms=_now_ms(), result="escalated")
+        self._records.update_leg(call.call_id, agent, ended_ms=wall_ms(), result="escalated")
         self._tried.setdefault(call.call_id, {})[agent] = time.monotonic()
         line = f"{agent}: {notes.strip()}" if notes.strip() else f"{agent}: (no notes)"
         self._apply(
@@ -356,7 +353,7 @@ class Switchboard:
             epoch=0,
             notes=f"{call.notes}\n{line}" if call.notes else line,
             escalations=call.escalations + 1,
-            queued_ms=_now_ms(),
+            queued_ms=wall_ms(),
         )
         log.info("call %s escalated by %s to queue %s", call.call_id, agent, queue)
         self._tasks.spawn(
@@ -371,7 +368,7 @@ class Switchboard:
         why = f"waited over {queue.max_wait_s:g} s in {queue.name}"
         target = queue.overflow_queue
         if target is not None and target in self._queues():
-            self._apply(call, CallEvent.REQUEUE, queue=target, queued_ms=_now_ms())
+            self._apply(call, CallEvent.REQUEUE, queue=target, queued_ms=wall_ms())
             log.info("call %s overflowed from %s to %s", call.call_id, queue.name, target)
             self._route_soon(call.call_id)
         elif queue.overflow == "voicemail":
@@ -394,7 +391,7 @@ class Switchboard:
         )
         self._index.refresh(self._registry)
         for call in waiting:
-            waited_s = (_now_ms() - call.queued_ms) / 1000
+            waited_s = (wall_ms() - call.queued_ms) / 1000
             steps = reached_steps(config, waited_s, self._index)
             if not eligible(free, config, steps):
                 continue
@@ -430,7 +427,7 @@ class Switchboard:
         queue = self._queues().get(call.queue)
         if queue is None:
             return False
-        waited_s = (_now_ms() - call.queued_ms) / 1000
+        waited_s = (wall_ms() - call.queued_ms) / 1000
         if waited_s > queue.max_wait_s:
             self._overflow(call, queue)
             return False
@@ -526,7 +523,7 @@ class Switchboard:
 
     def _miss(self, call: Call, why: str) -> None:
         self._tried.setdefault(call.call_id, {})[call.agent_id] = time.monotonic()
-        self._records.update_leg(call.call_id, call.agent_id, ended_ms=_now_ms(), result=why)
+        self._records.update_leg(call.call_id, call.agent_id, ended_ms=wall_ms(), result=why)
         self._apply(
             call, CallEvent.MISS, agent_id="", agent_node="", epoch=0, missed=call.missed + 1
         )
@@ -551,7 +548,7 @@ class Switchboard:
 
     def _apply(self, call: Call, event: CallEvent, reason: str = "", **fields: Any) -> Call:
         state, outcome = transition(call.state, event)
-        now = _now_ms()
+        now = wall_ms()
         changed = replace(call, state=state, **fields)
         if event is CallEvent.OFFER:
             changed = replace(changed, offered_ms=now)

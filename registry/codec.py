@@ -152,19 +152,13 @@ def _decode_all(what: str, items: Sequence[M], convert: Callable[[M], T]) -> tup
         raise MalformedMessage(
             f"{what}: {len(items)} entries, more than the limit of {MAX_MESSAGE_ENTRIES}"
         )
-    try:
-        return tuple([convert(item) for item in items])
-    except InvalidRecord as error:
-        index = next(i for i, item in enumerate(items) if _fails(convert, item))
-        raise MalformedMessage(f"{what}[{index}]: {error}") from error
-
-
-def _fails(convert: Callable[[M], object], item: M) -> bool:
-    try:
-        convert(item)
-    except InvalidRecord:
-        return True
-    return False
+    converted = []
+    for index, item in enumerate(items):
+        try:
+            converted.append(convert(item))
+        except InvalidRecord as error:
+            raise MalformedMessage(f"{what}[{index}]: {error}") from error
+    return tuple(converted)
 
 
 def _check_sender(what: str, sender: str) -> None:
