@@ -34,6 +34,7 @@ from node.queues import QueueConfig, QueueFile
 from node.sessions import Sessions
 from node.switchboard import Switchboard
 from node.tasks import Tasks
+from node.transport import Transport
 from protos.calls_pb2_grpc import add_CallsServicer_to_server
 from registry.clock import HybridClock, wall_ms
 from registry.records import NodeInfo
@@ -56,12 +57,14 @@ class Node:
         self.desk: AgentDesk | None = None
         self.switchboard: Switchboard | None = None
         servicer = CallsServicer(lambda: self.desk, lambda: self.switchboard)
+        self.transport = Transport()
         self.gossip = Gossip(
             self.registry,
             config.grpc_host,
             config.grpc_port,
             GossipTimers(config.digest_interval_s, config.push_delay_s, config.rpc_timeout_s),
             services=[lambda server: add_CallsServicer_to_server(servicer, server)],
+            transport=self.transport,
         )
         self._tasks = Tasks(f"node {config.node_id}")
         self._etcd: Etcd | None = None
@@ -152,7 +155,7 @@ class Node:
                     "node %s closed %d calls left open as failed", config.node_id, len(orphans)
                 )
             queues = _queue_source(config.queues_file)
-            link = NodeLink(self.registry, config.rpc_timeout_s)
+            link = NodeLink(self.registry, config.rpc_timeout_s, self.transport)
             stack.push_async_callback(link.close)
             desk = AgentDesk(etcd, self.registry, sessions, link, queues, hub)
             customers = directory_from(config.crm, data_dir)

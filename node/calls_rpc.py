@@ -17,7 +17,7 @@ from node.exchange import (
     Reservation,
     Verdict,
 )
-from node.gossip import GRPC_OPTIONS
+from node.transport import PLAIN, Transport
 from protos import calls_pb2 as pb
 from protos import calls_pb2_grpc as pb_grpc
 from registry.errors import InvalidRecord
@@ -269,8 +269,9 @@ class _Unreachable:
 class NodeLink:
     """Desks and owners by node id: this node's own objects, or gRPC stubs by gossiped address."""
 
-    def __init__(self, registry: Registry, timeout_s: float) -> None:
+    def __init__(self, registry: Registry, timeout_s: float, transport: Transport = PLAIN) -> None:
         self._registry = registry
+        self._transport = transport
         self._timeout_s = timeout_s
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.local_desk: Desk | None = None
@@ -282,7 +283,7 @@ class NodeLink:
             return None
         channel = self._channels.get(info.grpc)
         if channel is None:
-            channel = grpc.aio.insecure_channel(info.grpc, options=GRPC_OPTIONS)
+            channel = self._transport.channel(info.grpc)
             self._channels[info.grpc] = channel
         return pb_grpc.CallsStub(channel)
 

@@ -19,6 +19,7 @@ from types import TracebackType
 import grpc
 
 from node import metrics
+from node.transport import PLAIN, Transport
 from protos import registry_pb2 as pb
 from protos import registry_pb2_grpc as pb_grpc
 from registry import codec
@@ -27,13 +28,6 @@ from registry.registry import MAX_DELTA_ENTRIES, Registry
 from registry.sync import Delta, StateChunk
 
 log = logging.getLogger(__name__)
-
-MAX_GRPC_MESSAGE = 16 * 1024 * 1024
-GRPC_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE),
-    ("grpc.max_send_message_length", MAX_GRPC_MESSAGE),
-    ("grpc.keepalive_time_ms", 10_000),
-]
 
 _STATUS = {
     "malformed_message": grpc.StatusCode.INVALID_ARGUMENT,
@@ -108,6 +102,7 @@ class Gossip:
         timers: GossipTimers = GossipTimers(),
         on_apply: Callable[[int], None] | None = None,
         services: Sequence[Callable[[grpc.aio.Server], None]] = (),
+        transport: Transport = PLAIN,
     ) -> None:
         self.registry = registry
         self._host = host
@@ -116,6 +111,7 @@ class Gossip:
         self._on_apply = on_apply
         self._services = services  # other services served on the same port (the call exchange)
         self._server: grpc.aio.Server | None = None
+        self._transport = transport
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._wakes: dict[str, asyncio.Event] = {}
         self._stopping: list[asyncio.Task[None]] = []
@@ -134,11 +130,11 @@ class Gossip:
         return f"{self._host}:{self._port}"
 
     async def __aenter__(self) -> Gossip:
-        server = grpc.aio.server(options=GRPC_OPTIONS)
+        server = self._transport.server()
         pb_grpc.add_GossipServicer_to_server(_Servicer(self), server)
         for add in self._services:
             add(server)
-        bound = server.add_insecure_port(f"{self._host}:{self._port}")
+        bound = self._transport.bind(server, f"{self._host}:{self._port}")
         if bound == 0:
             raise OSError(f"gossip cannot listen on {self._host}:{self._port}")
         self._port = bound
@@ -217,7 +213,7 @@ class Gossip:
     async def _peer_loop(self, peer: PeerState) -> None:
         backoff = 0.05
         wake = self._wakes[peer.address]
-        async with grpc.aio.insecure_channel(peer.address, options=GRPC_OPTIONS) as channel:
+        async with self._transport.channel(peer.address) as channel:
             stub = pb_grpc.GossipStub(channel)
             while True:
                 try:

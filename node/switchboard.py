@@ -86,6 +86,9 @@ class Switchboard:
         # calls here skip them instead of all asking the same best agent at once
         self._claimed: dict[str, float] = {}
         self.draining = False  # set on SIGTERM: calls in progress go on, no new ones come in
+        # called after every transition, once it is recorded: (the call before, its event, the
+        # call after); media and hook scripts follow the call's life here. Must not block.
+        self.observers: list[Callable[[Call, CallEvent, Call], None]] = []
 
     @property
     def node_id(self) -> str:
@@ -599,6 +602,11 @@ class Switchboard:
             self._publish(call.queue)
             if changed.queue != call.queue:
                 self._publish(changed.queue)
+        for observer in self.observers:
+            try:
+                observer(call, event, changed)
+            except Exception:  # an observer's fault never stops the call
+                log.exception("call %s: observer %r failed on %s", call.call_id, observer, event)
         return changed
 
     def _count_end(self, call: Call, outcome: Outcome) -> None:
