@@ -9,6 +9,9 @@ COPY registry ./registry
 COPY protos ./protos
 COPY node ./node
 COPY loadtest ./loadtest
+COPY media ./media
+COPY sip ./sip
+COPY chaos ./chaos
 RUN python -m venv /opt/callmesh \
     && /opt/callmesh/bin/pip install -c constraints.txt .
 

@@ -20,11 +20,12 @@ from node.etcd import Etcd
 from node.events import EventHub
 from node.exchange import AgentAction, CallInfo, Link, ReleaseReason, Reservation, Verdict
 from node.queues import QueueConfig
+from node.reservationlog import ReservationLog
 from node.routing import pick_queue
-from node.sessions import NotHeldHere, SessionError, Sessions
+from node.sessions import Fenced, NotHeldHere, SessionError, Sessions
 from node.tasks import Tasks
 from registry.clock import wall_ms
-from registry.records import AgentState
+from registry.records import AgentRecord, AgentState
 from registry.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,10 @@ class AgentDesk:
         link: Link,
         queues: Callable[[], Mapping[str, QueueConfig]],
         events: EventHub | None = None,
+        reservation_log: ReservationLog | None = None,
     ) -> None:
         self._etcd = etcd
+        self._reservation_log = reservation_log  # chaos runs: every reserve and release
         self._registry = registry
         self._sessions = sessions
         self._link = link
@@ -89,6 +92,8 @@ class AgentDesk:
         self._missed: dict[str, int] = {}
         self._pulling: dict[str, str] = {}  # agent id -> the owner node it is held for
         self.draining = False  # set on SIGTERM: agents finish their calls and take no new ones
+        # called with (agent id, call id) when an agent leaves a call (media unbridges here)
+        self.on_release: list[Callable[[str, str], None]] = []
         self._tasks = Tasks(f"agent desk {registry.node_id}")
 
     @property
@@ -126,6 +131,8 @@ class AgentDesk:
                 break
         else:
             return Reservation(False, "at_capacity")
+        if self._reservation_log is not None:
+            await self._log_reserve(self._reservation_log, call, record, key, value)
         record = self._sessions.held_record(agent_id)  # fresh: it may have changed meanwhile
         self._sessions.write(
             replace(
@@ -152,6 +159,18 @@ class AgentDesk:
         offer = self.offers.get(agent_id, {}).pop(call_id, None)
         if offer is None:
             return  # already released (an expiry, a reject, a retry of the owner)
+        for observer in self.on_release:
+            observer(agent_id, call_id)
+        if self._reservation_log is not None:
+            self._reservation_log.append(
+                "release",
+                agent_id,
+                call_id,
+                offer.epoch,
+                0,
+                slot=offer.slot_key,
+                reason=reason.value,
+            )
         self._events.publish(
             agent_id, {"type": "released", "call_id": call_id, "reason": reason.value}
         )
@@ -159,9 +178,19 @@ class AgentDesk:
             offer.expiry.cancel()
         try:
             record = self._sessions.held_record(agent_id)
-        except SessionError:
-            return  # the session moved or the node is fenced: its slots are not ours to free
-        await self._etcd.delete(offer.slot_key)  # only the session's holder writes its slots
+        except SessionError as error:
+            # The session moved or the node is fenced: the record is not ours to write, but the
+            # slot this node wrote for this call would live on under its lease and block the
+            # agent's new session (a fenced node's slots die with its lease anyway).
+            if not isinstance(error, Fenced):
+                await self._free_slot(offer.slot_key, call_id)
+            return
+        await self._free_slot(offer.slot_key, call_id)  # only the session's holder writes slots
+        if offer.epoch != record.epoch:
+            # An offer of an earlier session (the node lost its lease, the agent logged in here
+            # again): the current session's record and calls are not this offer's to change.
+            log.info("agent %s: offer of call %s outlived its session", agent_id, call_id)
+            return
         active = max(0, record.active_calls - 1)
         if reason is ReleaseReason.ENDED:
             state, why = AgentState.WRAP_UP, ""
@@ -189,6 +218,41 @@ class AgentDesk:
         if state is AgentState.AVAILABLE:
             self.freed(agent_id)
 
+    async def _log_reserve(
+        self, log_: ReservationLog, call: CallInfo, record: AgentRecord, key: str, value: bytes
+    ) -> None:
+        """Log a reservation with its slot key's revision (0 when it cannot be read back)."""
+        try:
+            slot = await self._etcd.get(key)
+        except Exception as error:  # the reservation stands; only its revision is unknown
+            log.warning("call %s: slot %s not read back: %s", call.call_id, key, error)
+            slot = None
+        revision = slot.mod_revision if slot is not None and slot.value == value else 0
+        log_.append(
+            "reserve",
+            record.agent_id,
+            call.call_id,
+            record.epoch,
+            revision,
+            slot=key,
+            capacity=record.capacity,
+            owner=call.owner_node,
+        )
+
+    async def _free_slot(self, key: str, call_id: str) -> None:
+        """Delete the slot key if it still holds this call's reservation: after a lost lease and
+        a new login the same slot may hold another call's reservation by now (found by the chaos
+        checker: a stale release freed it, and the agent was reserved for two calls)."""
+        slot = await self._etcd.get(key)
+        if slot is None:
+            return
+        try:
+            holder = json.loads(slot.value).get("call")
+        except (ValueError, AttributeError):
+            holder = None
+        if holder == call_id:
+            await self._etcd.delete_if(key, mod_revision=slot.mod_revision)
+
     def busy(self) -> int:
         """How many agents homed here have a call (offered or answered)."""
         return sum(1 for offers in self.offers.values() if offers)
@@ -203,8 +267,11 @@ class AgentDesk:
     # -- what the agent does ---------------------------------------------------------------------
 
     def offer_list(self, agent_id: str) -> list[Offer]:
-        self._sessions.held_record(agent_id)
-        return list(self.offers.get(agent_id, {}).values())
+        """The agent's offers and calls in its current session: an offer of an earlier session
+        (its reservation died with a lost lease) is not the agent's to see or act on; its owner
+        closes the call when it sees the new epoch, and the watchdog frees it here."""
+        record = self._sessions.held_record(agent_id)
+        return [o for o in self.offers.get(agent_id, {}).values() if o.epoch == record.epoch]
 
     async def act(
         self, agent_id: str, call_id: str, action: AgentAction, *, queue: str = "", notes: str = ""
@@ -213,7 +280,7 @@ class AgentDesk:
         follows (an escalation or a hang-up comes back as a release into wrap-up)."""
         record = self._sessions.held_record(agent_id)
         offer = self.offers.get(agent_id, {}).get(call_id)
-        if offer is None:
+        if offer is None or offer.epoch != record.epoch:
             raise OfferError(f"agent {agent_id} has no offer or call {call_id}")
         if action is AgentAction.ANSWER and offer.answered:
             return Verdict(True, "already answered")
@@ -222,6 +289,7 @@ class AgentDesk:
             AgentAction.ESCALATE,
             AgentAction.CONSULT,
             AgentAction.HANDOVER,
+            AgentAction.DIGITS,
         )
         if action in needs_answer and not offer.answered:
             raise OfferError(f"call {call_id} is not answered yet: reject it instead")
@@ -342,3 +410,5 @@ class AgentDesk:
                 if offer.expiry is not None:
                     offer.expiry.cancel()
         await self._tasks.close()
+        if self._reservation_log is not None:
+            self._reservation_log.close()

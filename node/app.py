@@ -12,33 +12,53 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
 
 from node import metrics
 from node.agentdesk import AgentDesk
+from node.auth import auth_from
+from node.ca import CaError
 from node.calls_api import add_call_routes
-from node.calls_rpc import CallsServicer, NodeLink
+from node.calls_rpc import CallsServicer, NodeLink, PeerRules
+from node.callstate import Call
 from node.cdr import CallRecords
-from node.config import NodeConfig
+from node.config import ConfigError, NodeConfig
 from node.crm import SqliteDirectory, directory_from
 from node.etcd import Etcd
+from node.etcdtls import Credentials as EtcdCredentials
+from node.etcdtls import credentials as etcd_credentials
 from node.events import EventHub
 from node.exchange import ReleaseReason
+from node.faults import NodeFaults, SkewedClock
 from node.gossip import Gossip, GossipTimers
 from node.http_api import agent_json, make_app
+from node.ivr import Ivr
+from node.ivr_api import add_ivr_routes
+from node.media_api import add_media_routes
+from node.media_rpc import MediaLink, MediaServicer
+from node.mediaplane import MediaPlane, MediaSettings
 from node.membership import Member, Membership
-from node.queues import QueueConfig, QueueFile
+from node.pages import add_page_routes
+from node.peerpolicy import parse_scopes
+from node.prompts import RecordingPrompter, shipped_prompts_dir
+from node.queues import QueueFile
+from node.reservationlog import FILE_NAME as RESERVATION_LOG
+from node.reservationlog import ReservationLog
 from node.sessions import Sessions
 from node.switchboard import Switchboard
 from node.tasks import Tasks
-from node.transport import Transport
-from protos.calls_pb2_grpc import add_CallsServicer_to_server
+from node.transport import Tls, Transport
+from node.wan import WanDelay
+from protos.calls_pb2_grpc import add_CallsServicer_to_server, add_MediaServicer_to_server
 from registry.clock import HybridClock, wall_ms
 from registry.records import NodeInfo
 from registry.registry import Registry
+from sip import SipService, TrunkSettings, digest, parse_allowed
+from sip.phone_api import add_phone_routes
+from sip.transport import Peer
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +71,38 @@ class Node:
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
+        self.clock = SkewedClock()  # offset by POST /debug/faults (fault injection only)
         self.registry = Registry(
-            config.node_id, HybridClock(max_ahead_ms=config.max_clock_ahead_ms)
+            config.node_id,
+            HybridClock(
+                self.clock if config.fault_injection else wall_ms,
+                max_ahead_ms=config.max_clock_ahead_ms,
+            ),
         )
         self.desk: AgentDesk | None = None
         self.switchboard: Switchboard | None = None
-        servicer = CallsServicer(lambda: self.desk, lambda: self.switchboard)
-        self.transport = Transport()
+        self.media: MediaPlane | None = None
+        self.sip: SipService | None = None  # the SIP trunk side, when sip_port is set
+        media_servicer = MediaServicer(lambda: self.media)
+        wan = WanDelay(config.wan_delay_ms, frozenset(config.wan_peers))
+        self.transport = Transport(wan=wan if config.wan_delay_ms else None, tls=_tls(config))
+        rules = PeerRules(
+            self.transport,
+            config.site,
+            parse_scopes(config.partner_scopes),
+            self.registry,
+            self._offer_owner,
+        )
+        servicer = CallsServicer(lambda: self.desk, lambda: self.switchboard, rules)
         self.gossip = Gossip(
             self.registry,
             config.grpc_host,
             config.grpc_port,
             GossipTimers(config.digest_interval_s, config.push_delay_s, config.rpc_timeout_s),
-            services=[lambda server: add_CallsServicer_to_server(servicer, server)],
+            services=[
+                lambda server: add_CallsServicer_to_server(servicer, server),
+                lambda server: add_MediaServicer_to_server(media_servicer, server),
+            ],
             transport=self.transport,
         )
         self._tasks = Tasks(f"node {config.node_id}")
@@ -130,6 +169,7 @@ class Node:
                 lease_ttl_s=config.lease_ttl_s,
                 on_lease_lost=self._lease_lost,
                 on_lease_granted=self._lease_granted,
+                tls=_etcd_tls(config),
             )
             self._etcd = await stack.enter_async_context(etcd)
             metrics.install(config, self.registry, self.gossip, etcd, self)
@@ -154,10 +194,14 @@ class Node:
                 log.warning(
                     "node %s closed %d calls left open as failed", config.node_id, len(orphans)
                 )
-            queues = _queue_source(config.queues_file)
+            queue_file = _queue_file(config.queues_file)
+            queues = queue_file.current
             link = NodeLink(self.registry, config.rpc_timeout_s, self.transport)
             stack.push_async_callback(link.close)
-            desk = AgentDesk(etcd, self.registry, sessions, link, queues, hub)
+            reservations = (
+                ReservationLog(data_dir / RESERVATION_LOG) if config.fault_injection else None
+            )
+            desk = AgentDesk(etcd, self.registry, sessions, link, queues, hub, reservations)
             customers = directory_from(config.crm, data_dir)
             if isinstance(customers, SqliteDirectory):
                 stack.callback(customers.close)
@@ -173,11 +217,31 @@ class Node:
             )
             stack.push_async_callback(desk.close)
             stack.push_async_callback(board.close)
+            ivr = Ivr(board, queue_file.entries, records, RecordingPrompter(records), config.site)
+            stack.push_async_callback(ivr.close)
+            board.entries = ivr  # calls at an entry point go to its hook first
+            board.observers.append(ivr.observe)
             link.local_desk, link.local_owner = desk, board
             self.desk, self.switchboard = desk, board
-            faults = self.gossip if config.fault_injection else None
-            app = make_app(self.registry, sessions, self, faults)
-            add_call_routes(app, board, desk, records, self.registry, hub)
+            media = _media(config, self, board, desk, sessions, records, queue_file)
+            self.media = await stack.enter_async_context(media)
+            if config.sip_port:
+                sip = _sip(config, board, records, hub, desk, ivr.digits)
+                self.sip = await stack.enter_async_context(sip)
+            faults = NodeFaults(self.gossip, link, self.clock) if config.fault_injection else None
+            auth = auth_from(
+                config.users_file,
+                config.auth_secret,
+                config.token_ttl_s,
+                config.caller_rate_per_s,
+                config.caller_burst,
+            )
+            app = make_app(self.registry, sessions, self, faults, auth)
+            add_call_routes(app, board, desk, records, self.registry, hub, self.media)
+            add_media_routes(app, self.media, desk)
+            add_phone_routes(app, self.sip.phones if self.sip is not None else None, desk)
+            add_ivr_routes(app, ivr, desk, records, shipped_prompts_dir())
+            add_page_routes(app)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
@@ -195,12 +259,14 @@ class Node:
             self._tasks.spawn(membership.watch(), "membership watch")
             self._tasks.spawn(sessions.watch(), "session watch")
             self._tasks.spawn(board.run(), "call routing")
+            self._tasks.spawn(self.media.run(), "media statistics")
             self._tasks.spawn(desk.watch_owners(), "owner watchdog")
             if orphans:
                 self._tasks.spawn(self._free_orphan_agents(link, orphans), "free orphans' agents")
             print(
                 f"node {config.node_id} site {config.site} http {self.http_address} "
-                f"grpc {self.gossip.address}",
+                f"grpc {self.gossip.address}"
+                + (f" sip sip:{self.sip.address}" if self.sip is not None else ""),
                 flush=True,
             )
             if ready is not None:
@@ -253,6 +319,11 @@ class Node:
             len(pending),
         )
 
+    def _offer_owner(self, call_id: str, agent_id: str) -> str | None:
+        """The owner node of the call an agent here is offered (peer checks of a Release)."""
+        offer = self.desk.offers.get(agent_id, {}).get(call_id) if self.desk is not None else None
+        return offer.call.owner_node if offer is not None else None
+
     def _agent_available(self, agent_id: str) -> None:
         if self.desk is not None:
             self.desk.freed(agent_id)
@@ -277,9 +348,123 @@ class Node:
         await self._tasks.close()
 
 
-def _queue_source(path: str) -> Callable[[], Mapping[str, QueueConfig]]:
-    """The deployed queue file, re-read on change, or the built-in sample queues."""
-    return QueueFile(Path(path) if path else None).current
+def _sip(
+    config: NodeConfig,
+    board: Switchboard,
+    records: CallRecords,
+    hub: EventHub,
+    desk: AgentDesk,
+    digits: Callable[[str, str], object],
+) -> SipService:
+    """The SIP trunk side: calls from the trunk arrive at `sip_entry` (or wait in `sip_queue`)
+    with the trunk and the dialled number in their record; RFC 4733 digits go to `digits` (the
+    IVR's, which notes them on the call); offers to agents with a phone are called out."""
+
+    async def admit(caller: str, dialled: str, trunk: str) -> Call:
+        call = await board.arrive(config.sip_queue, caller, entry=config.sip_entry)
+        records.set_origin(call.call_id, trunk, dialled)
+        return call
+
+    credentials = (
+        digest.Credentials(config.sip_user, config.sip_password) if config.sip_user else None
+    )
+    settings = TrunkSettings(
+        config.sip_host, parse_allowed(config.sip_trunks), credentials, config.sip_answer
+    )
+    ports = (config.rtp_port_min, config.rtp_port_max)
+    outbound = None
+    if config.sip_outbound:
+        host, port = config.sip_outbound.rsplit(":", 1)
+        outbound = Peer(host, int(port))
+    return SipService(
+        config.sip_host,
+        config.sip_port,
+        settings,
+        ports,
+        admit,
+        board,
+        on_digits=digits,
+        outbound=outbound,
+        events=hub,
+        desk=desk,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _media(
+    config: NodeConfig,
+    node: Node,
+    board: Switchboard,
+    desk: AgentDesk,
+    sessions: Sessions,
+    records: CallRecords,
+    queue_file: QueueFile,
+) -> AsyncIterator[MediaPlane]:
+    """The media plane, following the switchboard's calls and the desk's agents."""
+    link = MediaLink(node.registry, config.rpc_timeout_s, node.transport)
+    plane = MediaPlane(
+        config.node_id,
+        config.site,
+        MediaSettings(config.media_host, config.grpc_host, config.media_mode),
+        link,
+        hangup=board.hangup_caller,
+        has_offer=lambda agent, call: call in desk.offers.get(agent, {}),
+        holds_agent=lambda agent: agent in sessions.held,
+        recordings=Path(config.data_dir) / "recordings",
+        records_queue=lambda queue: _records(queue_file, queue),
+        recorded=records.set_recording,
+        trunk_leg=lambda call_id: node.sip.leg(call_id) if node.sip is not None else None,
+        call_live=lambda call_id: call_id in board.calls,
+    )
+    board.observers.append(plane.observe)
+    board.party_observers.append(plane.parties_changed)
+    desk.on_release.append(plane.released)
+    try:
+        yield plane
+    finally:
+        await plane.close()
+        await link.close()
+
+
+def _records(queue_file: QueueFile, queue: str) -> bool:
+    config = queue_file.current().get(queue)
+    return config is not None and config.record
+
+
+def _queue_file(path: str) -> QueueFile:
+    """The deployed queue file (queues and entry points), re-read on change, or the built-in
+    sample queues."""
+    return QueueFile(Path(path) if path else None)
+
+
+def _tls(config: NodeConfig) -> Tls | None:
+    """The node's TLS material, checked against its config: the certificate must name this
+    node's site and trust (its CN may be the node or the whole site)."""
+    if not config.tls_cert:
+        return None
+    try:
+        tls = Tls.load(config.tls_ca, config.tls_cert, config.tls_key)
+    except (OSError, CaError) as error:
+        raise ConfigError(f"tls_ca/tls_cert/tls_key: {error}") from None
+    named = tls.identity()
+    if (named.site, named.trust) != (config.site, config.trust):
+        raise ConfigError(
+            f"tls_cert names site {named.site} trust {named.trust.name.lower()}, not this "
+            f"node's site {config.site} trust {config.trust.name.lower()}"
+        )
+    return tls
+
+
+def _etcd_tls(config: NodeConfig) -> EtcdCredentials | None:
+    """The client certificate for the site's etcd (https endpoints), or None."""
+    if not config.etcd_cert:
+        return None
+    try:
+        paths = (config.etcd_ca, config.etcd_cert, config.etcd_key)
+        ca, cert, key = (Path(path).read_bytes() for path in paths)
+    except OSError as error:
+        raise ConfigError(f"etcd_ca/etcd_cert/etcd_key: {error}") from None
+    return etcd_credentials(ca, cert, key)
 
 
 def run_node(config: NodeConfig) -> int:

@@ -20,7 +20,16 @@ from node.callstate import Call
 from node.cdr import COLUMNS, CallRecords
 from node.events import EventHub
 from node.exchange import AgentAction
-from node.http_api import BadRequest, _body, agent_id_from, agent_json
+from node.http_api import (
+    MAX_WS_MESSAGE,
+    BadRequest,
+    _body,
+    agent_id_from,
+    agent_json,
+    caller_token,
+)
+from node.media_api import arrive_with_media
+from node.mediaplane import MediaPlane
 from node.switchboard import Switchboard
 from registry.registry import Registry
 
@@ -43,6 +52,8 @@ def call_json(call: Call, position: int = 0) -> dict[str, Any]:
         "notes": call.notes,
         "escalations": call.escalations,
         "position": position,
+        "entry": call.entry,
+        "ivr_ms": call.ivr_ms,
     }
 
 
@@ -53,26 +64,37 @@ def add_call_routes(
     records: CallRecords,
     registry: Registry,
     hub: EventHub,
+    media: MediaPlane | None = None,
 ) -> None:
     async def start(request: web.Request) -> web.Response:
         body = await _body(request)
-        queue, caller = body.get("queue"), body.get("caller", "anonymous")
-        if not isinstance(queue, str) or not isinstance(caller, str):
-            raise BadRequest('queue and caller must be strings, e.g. {"queue": "sales"}')
+        queue, caller = body.get("queue", ""), body.get("caller", "anonymous")
+        entry = body.get("entry", "")
+        if not isinstance(queue, str) or not isinstance(caller, str) or not isinstance(entry, str):
+            raise BadRequest('queue, entry and caller must be strings, e.g. {"queue": "sales"}')
+        if bool(queue) == bool(entry):
+            raise BadRequest(
+                'name a queue or an entry point (one of them), e.g. {"queue": "sales"} or '
+                '{"entry": "main"}'
+            )
         if len(caller) > MAX_CALLER:
             raise BadRequest(f"caller must be at most {MAX_CALLER} characters")
-        call = await board.arrive(queue, caller)
-        return web.json_response(call_json(call, board.position(call)), status=201)
+        call, extra = await arrive_with_media(
+            media, body.get("sdp"), lambda: board.arrive(queue, caller, entry=entry)
+        )
+        reply = {**call_json(call, board.position(call)), **extra}
+        return web.json_response({**reply, **caller_token(request, call.call_id)}, status=201)
 
     async def show(request: web.Request) -> web.Response:
         call_id = request.match_info["call_id"]
         live = board.calls.get(call_id)
         if live is not None:
-            return web.json_response(call_json(live, board.position(live)))
+            shown = call_json(live, board.position(live))
+            return web.json_response({**shown, "events": records.events(call_id)})
         row = records.call(call_id)
         if row is None:
             board.get(call_id)  # raises call_not_found
-        return web.json_response(row)
+        return web.json_response({**(row or {}), "events": records.events(call_id)})
 
     async def hangup(request: web.Request) -> web.Response:
         return web.json_response(
@@ -102,7 +124,8 @@ def add_call_routes(
         if row is None:
             board.get(call_id)
         legs = [dataclasses.asdict(leg) for leg in records.legs(call_id)]
-        return web.json_response({"call": row, "legs": legs})
+        events = records.events(call_id)
+        return web.json_response({"call": row, "legs": legs, "events": events})
 
     async def offers(request: web.Request) -> web.Response:
         agent = agent_id_from(request)
@@ -147,7 +170,7 @@ def add_call_routes(
         agent = agent_id_from(request)
         offers = desk.offer_list(agent)  # refuses an agent whose session is not held here
         record = registry.agent(agent)
-        socket = web.WebSocketResponse(heartbeat=20)
+        socket = web.WebSocketResponse(heartbeat=20, max_msg_size=MAX_WS_MESSAGE)
         await socket.prepare(request)
         with hub.subscribe(agent) as queue:
             hello = {

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
 
+from node import metrics, peerpolicy
+from node.ca import Identity
 from node.exchange import (
     AgentAction,
     CallInfo,
@@ -21,7 +24,7 @@ from node.transport import PLAIN, Transport
 from protos import calls_pb2 as pb
 from protos import calls_pb2_grpc as pb_grpc
 from registry.errors import InvalidRecord
-from registry.records import check_id
+from registry.records import Trust, check_id
 from registry.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,7 @@ _ACTION_TO_WIRE = {
     AgentAction.ESCALATE: pb.AGENT_ACTION_ESCALATE,
     AgentAction.CONSULT: pb.AGENT_ACTION_CONSULT,
     AgentAction.HANDOVER: pb.AGENT_ACTION_HANDOVER,
+    AgentAction.DIGITS: pb.AGENT_ACTION_DIGITS,
 }
 _ACTION_FROM_WIRE = {wire: action for action, wire in _ACTION_TO_WIRE.items()}
 MAX_TEXT = 4096
@@ -85,12 +89,41 @@ def _call_from_wire(message: pb.CallInfo) -> CallInfo:
     )
 
 
-class CallsServicer(pb_grpc.CallsServicer):
-    """Delegates to this node's desk and switchboard (None until the node has built them)."""
+@dataclass(frozen=True, slots=True)
+class PeerRules:
+    """What the servicer needs to check a peer (node/peerpolicy.py): how to learn who it is,
+    this node's site, the partner scopes, the registry."""
 
-    def __init__(self, desk: Callable[[], Desk | None], owner: Callable[[], Owner | None]) -> None:
+    transport: Transport
+    site: str
+    scopes: frozenset[tuple[str, str]]
+    view: peerpolicy.RegistryView
+    offer_owner: Callable[[str, str], str | None] = lambda call_id, agent_id: None
+    """(call id, agent id) -> the node that owns the call the agent is offered, if any."""
+
+
+class CallsServicer(pb_grpc.CallsServicer):
+    """Delegates to this node's desk and switchboard (None until the node has built them).
+    With `rules`, a partner peer's calls are checked against node/peerpolicy.py first."""
+
+    def __init__(
+        self,
+        desk: Callable[[], Desk | None],
+        owner: Callable[[], Owner | None],
+        rules: PeerRules | None = None,
+    ) -> None:
         self._desk = desk
         self._owner = owner
+        self._rules = rules
+
+    def _peer(self, context: grpc.aio.ServicerContext) -> Identity | None:
+        return self._rules.transport.peer(context) if self._rules is not None else None
+
+    async def _refuse(self, context: grpc.aio.ServicerContext, reason: str | None) -> None:
+        if reason is not None:
+            log.warning("call exchange refused: %s", reason)
+            metrics.registry_refused("peer", "partner_scope")
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
 
     async def _need_desk(self, context: grpc.aio.ServicerContext) -> Desk:
         desk = self._desk()
@@ -116,6 +149,12 @@ class CallsServicer(pb_grpc.CallsServicer):
         except InvalidRecord as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
             raise
+        if self._rules is not None:
+            peer, rules = self._peer(context), self._rules
+            await self._refuse(
+                context,
+                peerpolicy.may_reserve(peer, call.owner_node, rules.site, rules.scopes, rules.view),
+            )
         result = await desk.reserve(
             call, request.agent_id, request.ring_timeout_ms / 1000, request.wrap_up_ms / 1000
         )
@@ -129,6 +168,11 @@ class CallsServicer(pb_grpc.CallsServicer):
         if reason is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown release reason")
             raise AssertionError
+        if self._rules is not None:
+            owner = self._rules.offer_owner(request.call_id, request.agent_id)
+            if owner is not None:  # no such offer: releasing it changes nothing
+                peer = self._peer(context)
+                await self._refuse(context, peerpolicy.may_release(peer, owner, self._rules.view))
         await desk.release(request.call_id, request.agent_id, reason)
         return pb.Empty()
 
@@ -142,6 +186,11 @@ class CallsServicer(pb_grpc.CallsServicer):
             raise AssertionError
         if len(request.notes) > MAX_TEXT or (request.queue and not _is_id(request.queue)):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad escalation queue or notes")
+        if self._rules is not None:
+            peer = self._peer(context)
+            await self._refuse(
+                context, peerpolicy.may_speak_for(peer, request.agent_id, self._rules.view)
+            )
         verdict = await owner.report(
             request.call_id,
             request.agent_id,
@@ -156,20 +205,35 @@ class CallsServicer(pb_grpc.CallsServicer):
         self, request: pb.PullRequest, context: grpc.aio.ServicerContext
     ) -> pb.PullReply:
         owner = await self._need_owner(context)
+        if self._rules is not None:
+            peer = self._peer(context)
+            await self._refuse(
+                context,
+                peerpolicy.may_pull(peer, request.agent_id, request.home_node, self._rules.view),
+            )
         offered = await owner.pull(request.agent_id, request.home_node, request.queue)
         return pb.PullReply(offered=offered)
 
 
 class _RemoteDesk:
-    def __init__(self, stub: pb_grpc.CallsStub, timeout_s: float) -> None:
+    def __init__(
+        self,
+        stub: pb_grpc.CallsStub,
+        timeout_s: float,
+        pinned: Callable[[str], pb_grpc.CallsStub | None] | None = None,
+    ) -> None:
         self._stub = stub
         self._timeout_s = timeout_s
+        self._pinned = pinned  # agent id -> the stub its offer may travel on (see NodeLink)
 
     async def reserve(
         self, call: CallInfo, agent_id: str, ring_timeout_s: float, wrap_up_s: float
     ) -> Reservation:
+        stub = self._pinned(agent_id) if self._pinned is not None else self._stub
+        if stub is None:
+            raise ConnectionError("the agent's home node is not known")
         try:
-            reply = await self._stub.Reserve(
+            reply = await stub.Reserve(
                 pb.ReserveRequest(
                     call=_call_to_wire(call),
                     agent_id=agent_id,
@@ -273,25 +337,37 @@ class NodeLink:
         self._registry = registry
         self._transport = transport
         self._timeout_s = timeout_s
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._channels: dict[tuple[str, Trust | None], grpc.aio.Channel] = {}
         self.local_desk: Desk | None = None
         self.local_owner: Owner | None = None
+        self.blocked: frozenset[str] = frozenset()  # fault injection: addresses cut off
 
-    def _stub(self, node_id: str) -> pb_grpc.CallsStub | None:
+    def _stub(self, node_id: str, expect: Trust | None = None) -> pb_grpc.CallsStub | None:
+        """A stub on a channel to the node (with TLS: to a certificate of trust `expect`)."""
         info = self._registry.node(node_id)
-        if info is None or not info.up:
+        if info is None or not info.up or info.grpc in self.blocked:
             return None
-        channel = self._channels.get(info.grpc)
+        channel = self._channels.get((info.grpc, expect))
         if channel is None:
-            channel = self._transport.channel(info.grpc)
-            self._channels[info.grpc] = channel
+            channel = self._transport.channel(info.grpc, expect)
+            self._channels[(info.grpc, expect)] = channel
         return pb_grpc.CallsStub(channel)
+
+    def _offer_stub(self, node_id: str, agent_id: str) -> pb_grpc.CallsStub | None:
+        """An offer carries the customer record cut to the agent's trust as the registry says
+        it: one cut for in-house eyes goes only to a node whose certificate says in-house, so a
+        partner claiming in-house agents never receives in-house fields (I5)."""
+        record = self._registry.agent(agent_id)
+        partner = record is not None and record.trust is Trust.PARTNER
+        return self._stub(node_id, None if partner else Trust.INHOUSE)
 
     def desk(self, node_id: str) -> Desk:
         if node_id == self._registry.node_id and self.local_desk is not None:
             return self.local_desk
         stub = self._stub(node_id)
-        return _Unreachable(node_id) if stub is None else _RemoteDesk(stub, self._timeout_s)
+        if stub is None:
+            return _Unreachable(node_id)
+        return _RemoteDesk(stub, self._timeout_s, lambda agent: self._offer_stub(node_id, agent))
 
     def owner(self, node_id: str) -> Owner:
         if node_id == self._registry.node_id and self.local_owner is not None:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 
 class CallState(enum.Enum):
+    ARRIVING = "arriving"  # accepted at an entry point; its hook has not answered yet
+    IVR = "ivr"  # the entry point's hook holds the caller: prompts, digits
     WAITING = "waiting"
     OFFERED = "offered"
     TALKING = "talking"
@@ -14,6 +16,9 @@ class CallState(enum.Enum):
 
 
 class CallEvent(enum.Enum):
+    MENU = "menu"  # the entry point's hook answered with prompts or a digit collection
+    QUEUE = "queue"  # the hook (or its fallback) put the call in a queue
+    HOOK_HANGUP = "hook_hangup"  # the hook (or its fallback) ended the call
     OFFER = "offer"  # an agent was reserved for the call
     MISS = "miss"  # the offer lapsed: ring timeout, rejected, or the reservation was lost
     ANSWER = "answer"  # the offered agent answered
@@ -41,6 +46,18 @@ class WrongState(Exception):
 S, E, Out = CallState, CallEvent, Outcome
 
 TRANSITIONS: dict[tuple[CallState, CallEvent], tuple[CallState, Outcome | None]] = {
+    (S.ARRIVING, E.MENU): (S.IVR, None),
+    (S.ARRIVING, E.QUEUE): (S.WAITING, None),
+    (S.IVR, E.QUEUE): (S.WAITING, None),
+    (S.ARRIVING, E.CALLER_HANGUP): (S.ENDED, Out.ABANDONED),
+    (S.IVR, E.CALLER_HANGUP): (S.ENDED, Out.ABANDONED),
+    (S.ARRIVING, E.VOICEMAIL): (S.ENDED, Out.VOICEMAIL),
+    (S.IVR, E.VOICEMAIL): (S.ENDED, Out.VOICEMAIL),
+    (S.ARRIVING, E.HOOK_HANGUP): (S.ENDED, Out.COMPLETED),
+    (S.IVR, E.HOOK_HANGUP): (S.ENDED, Out.COMPLETED),
+    (S.WAITING, E.HOOK_HANGUP): (S.ENDED, Out.COMPLETED),
+    (S.ARRIVING, E.FAIL): (S.ENDED, Out.FAILED),
+    (S.IVR, E.FAIL): (S.ENDED, Out.FAILED),
     (S.WAITING, E.OFFER): (S.OFFERED, None),
     (S.OFFERED, E.MISS): (S.WAITING, None),
     (S.OFFERED, E.ANSWER): (S.TALKING, None),
@@ -94,3 +111,8 @@ class Call:
     consult_answered: bool = False
     customer_id: str = ""  # the caller's customer record, when the directory knew the caller
     escalations: int = 0
+    entry: str = ""  # the entry point the call arrived at ("": straight into `queue`)
+    ivr_ms: int = 0  # time spent at the entry point (arriving + IVR), set when it left them
+    # set by a hook for this call, over its queue's (None: the queue's own)
+    skills: tuple[tuple[str, int], ...] | None = None
+    priority: int | None = None

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from node.callstate import Call, Outcome
+from registry.clock import wall_ms
+
+MAX_EVENT_DETAIL = 500
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
@@ -32,7 +35,9 @@ CREATE TABLE IF NOT EXISTS calls (
     notes       TEXT NOT NULL DEFAULT '',
     escalations INTEGER NOT NULL DEFAULT 0,
     queued_ms   INTEGER NOT NULL DEFAULT 0,
-    customer_id TEXT NOT NULL DEFAULT ''
+    customer_id TEXT NOT NULL DEFAULT '',
+    entry       TEXT NOT NULL DEFAULT '',
+    ivr_ms      INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS legs (
     call_id     TEXT NOT NULL REFERENCES calls(call_id),
@@ -45,6 +50,22 @@ CREATE TABLE IF NOT EXISTS legs (
     result      TEXT NOT NULL DEFAULT '',
     kind        TEXT NOT NULL DEFAULT 'agent',
     PRIMARY KEY (call_id, seq)
+);
+CREATE TABLE IF NOT EXISTS call_events (
+    call_id     TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    at_ms       INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    detail      TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (call_id, seq)
+);
+CREATE TABLE IF NOT EXISTS voicemails (
+    call_id     TEXT PRIMARY KEY,
+    queue       TEXT NOT NULL,
+    entry       TEXT NOT NULL DEFAULT '',
+    caller      TEXT NOT NULL,
+    at_ms       INTEGER NOT NULL,
+    file        TEXT NOT NULL DEFAULT ''
 );
 """
 
@@ -67,7 +88,15 @@ COLUMNS = [
     "escalations",
     "queued_ms",
     "customer_id",
+    "entry",
+    "ivr_ms",
+    "trunk",
+    "dialled",
+    "recording",
 ]
+ORIGIN = ("trunk", "dialled")
+"""Where a call came in from, set once by the SIP trunk (`set_origin`), kept by `save`."""
+_SAVED = [column for column in COLUMNS if column not in (*ORIGIN, "recording")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +130,11 @@ class CallRecords:
             ("escalations", "INTEGER NOT NULL DEFAULT 0"),
             ("queued_ms", "INTEGER NOT NULL DEFAULT 0"),
             ("customer_id", "TEXT NOT NULL DEFAULT ''"),
+            ("entry", "TEXT NOT NULL DEFAULT ''"),
+            ("ivr_ms", "INTEGER NOT NULL DEFAULT 0"),
+            ("trunk", "TEXT NOT NULL DEFAULT ''"),
+            ("dialled", "TEXT NOT NULL DEFAULT ''"),
+            ("recording", "TEXT NOT NULL DEFAULT ''"),
         ):
             if column not in have:
                 self._db.execute(f"ALTER TABLE calls ADD COLUMN {column} {kind}")
@@ -150,12 +184,25 @@ class CallRecords:
             call.escalations,
             call.queued_ms,
             call.customer_id,
+            call.entry,
+            call.ivr_ms,
         )
         self._db.execute(
-            f"INSERT OR REPLACE INTO calls ({', '.join(COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(COLUMNS))})",
+            f"INSERT INTO calls ({', '.join(_SAVED)}) VALUES ({', '.join('?' * len(_SAVED))}) "
+            "ON CONFLICT (call_id) DO UPDATE SET "
+            + ", ".join(f"{column} = excluded.{column}" for column in _SAVED[1:]),
             values,
         )
+
+    def set_origin(self, call_id: str, trunk: str, dialled: str) -> None:
+        """The trunk a call came in from and the number its caller dialled (SIP calls)."""
+        self._db.execute(
+            "UPDATE calls SET trunk = ?, dialled = ? WHERE call_id = ?", (trunk, dialled, call_id)
+        )
+
+    def set_recording(self, call_id: str, file: str) -> None:
+        """The file holding the call's recording (both sides), relative to the data_dir."""
+        self._db.execute("UPDATE calls SET recording = ? WHERE call_id = ?", (file, call_id))
 
     def open_leg(
         self,
@@ -239,6 +286,40 @@ class CallRecords:
             }
             for customer, queue, consult_ms, consultations, talk_ms, calls in rows
         ]
+
+    def add_event(self, call_id: str, kind: str, detail: str = "", at_ms: int = 0) -> None:
+        """Note something that happened to a call (a hook's run, a prompt, digits, an action)."""
+        self._db.execute(
+            "INSERT INTO call_events (call_id, seq, at_ms, kind, detail) VALUES "
+            "(?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM call_events WHERE call_id = ?), ?, ?, ?)",
+            (call_id, call_id, at_ms or wall_ms(), kind, detail[:MAX_EVENT_DETAIL]),
+        )
+
+    def events(self, call_id: str) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT at_ms, kind, detail FROM call_events WHERE call_id = ? ORDER BY seq",
+            (call_id,),
+        ).fetchall()
+        return [{"at_ms": at, "kind": kind, "detail": detail} for at, kind, detail in rows]
+
+    def add_voicemail(self, call: Call, file: str = "") -> None:
+        """List the call's message for supervisors (`file` once media has recorded it)."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO voicemails (call_id, queue, entry, caller, at_ms, file) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (call.call_id, call.queue, call.entry, call.caller, call.ended_ms or wall_ms(), file),
+        )
+
+    def voicemails(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT v.call_id, v.queue, v.entry, v.caller, v.at_ms, "
+            "COALESCE(NULLIF(v.file, ''), c.recording, '') "  # the call's recording, once made
+            "FROM voicemails v LEFT JOIN calls c ON c.call_id = v.call_id "
+            "ORDER BY v.at_ms DESC, v.call_id LIMIT ?",
+            (limit,),
+        ).fetchall()
+        keys = ("call_id", "queue", "entry", "caller", "at_ms", "file")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def legs(self, call_id: str) -> list[Leg]:
         rows = self._db.execute(

@@ -7,6 +7,7 @@ comma-separated; booleans true/false). Values are validated with errors that nam
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -71,8 +72,69 @@ class NodeConfig:
     customers (in data_dir), or "script:PROGRAM ARG..." for an operator's program (no shell)."""
     queues_file: str = ""
     """The queue configuration (TOML, reloaded on change); empty: the built-in sample queues."""
+    media_host: str = ""
+    """The address of the node's media: its ICE host candidate for WebRTC legs and where
+    node-to-node legs listen. Empty: ICE offers every non-loopback interface and node-to-node
+    legs use grpc_host. Set it (e.g. 127.0.0.1) on loopback: aioice leaves 127.0.0.1 out of
+    its candidates unless it is named here."""
+    media_mode: str = "forward"
+    """How bridged audio goes between legs: forward (RTP forwarded, headers rewritten),
+    transcode (decoded and encoded again), stock (aiortc's own tracks; benchmarks only)."""
     fault_injection: bool = False
-    """Serve POST /debug/faults, which cuts gossip links (for tests and chaos runs only)."""
+    """Serve POST /debug/faults, which cuts links to other nodes and skews the registry clock,
+    and write the reservation log (data_dir/reservations.jsonl); for tests and chaos runs only."""
+    wan_delay_ms: float = 0.0
+    """Test-only WAN emulation: one-way delay added to node-to-node gRPC to `wan_peers`."""
+    wan_peers: tuple[str, ...] = ()
+    """host:port gRPC addresses of the nodes behind the emulated WAN (the other sites' nodes)."""
+    users_file: str = ""
+    """HTTP authentication (docs/SECURITY.md): the users file (TOML, scrypt password hashes).
+    Empty: no authentication (development only). Needs `auth_secret`."""
+    auth_secret: str = ""
+    """The cluster secret tokens are signed with (HMAC-SHA256), the same on every node, at least
+    16 characters; set it through CALLMESH_AUTH_SECRET (a Kubernetes Secret), not a file."""
+    token_ttl_s: int = 8 * 3600
+    """How long a login token is valid."""
+    caller_rate_per_s: float = 2.0
+    caller_burst: int = 20
+    """POST /calls without a staff token: a token bucket per client address; 0 turns it off."""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    """Mutual TLS between nodes (PEM files from `callmesh ca`): the CA certificate, this node's
+    certificate (naming its node, site and trust) and key. All three or none (plain gRPC)."""
+    etcd_ca: str = ""
+    etcd_cert: str = ""
+    etcd_key: str = ""
+    """TLS to the site's etcd (https:// endpoints): the site's etcd CA and this node's client
+    certificate and key (etcd --client-cert-auth). All three or none."""
+    partner_scopes: tuple[str, ...] = ()
+    """Which sites' agents a partner site's nodes may reserve besides their own, as
+    "PARTNER=SITE" pairs, e.g. ["partner-c=site-a"]; checked by the agent's home node."""
+    sip_host: str = "127.0.0.1"
+    sip_port: int = 0
+    """SIP from a trunk (carrier or SBC) on UDP and TCP at sip_host:sip_port; 0: no SIP. The
+    host is also written in SDP and Contact: it must be the address the trunk reaches."""
+    sip_trunks: tuple[str, ...] = ()
+    """Addresses or networks (CIDR) allowed to send SIP; everyone else gets 403."""
+    sip_user: str = ""
+    sip_password: str = ""
+    """Digest credentials the trunk must present on INVITE (both or neither; set the password
+    through CALLMESH_SIP_PASSWORD)."""
+    sip_queue: str = "sales"
+    """The queue calls from the trunk wait in (when no `sip_entry`)."""
+    sip_entry: str = ""
+    """The entry point (hook script, IVR) calls from the trunk arrive at, over `sip_queue`."""
+    sip_answer: str = "agent"
+    """When the trunk gets 200 OK: "agent" (when an agent answers; 180 with early media
+    before) or "arrival" (at once)."""
+    sip_outbound: str = ""
+    """host:port of the trunk (SBC) calls out to agents' external phones go through; empty: no
+    calls out (POST /agents/ID/phone refused)."""
+    rtp_port_min: int = 20000
+    rtp_port_max: int = 20999
+    """The UDP ports of SIP calls' RTP legs (one even port per call), e.g. for host ports or a
+    fixed range in Kubernetes."""
 
     def __post_init__(self) -> None:
         for name in ("node_id", "site"):
@@ -98,8 +160,76 @@ class NodeConfig:
             value = getattr(self, name)
             if not 0 <= value <= 3600:
                 raise ConfigError(f"{name}: {value} is not in 0-3600 seconds")
+        if not 0 <= self.wan_delay_ms <= 10_000:
+            raise ConfigError(f"wan_delay_ms: {self.wan_delay_ms} is not in 0-10000")
+        for address in self.wan_peers:
+            if not _ADDRESS.fullmatch(address):
+                raise ConfigError(f"wan_peers: {address!r} is not host:port")
+        if self.media_host:
+            try:
+                ipaddress.ip_address(self.media_host)
+            except ValueError:
+                raise ConfigError(
+                    f"media_host: {self.media_host!r} is not an IP address (ICE candidates "
+                    "name addresses, not host names)"
+                ) from None
+        if self.media_mode not in ("forward", "transcode", "stock"):
+            raise ConfigError(f"media_mode: {self.media_mode!r} is not forward, transcode or stock")
         if self.event_loop not in ("uvloop", "asyncio"):
             raise ConfigError(f"event_loop: {self.event_loop!r} is not uvloop or asyncio")
+        self._check_sip()
+        if self.users_file and len(self.auth_secret) < 16:
+            raise ConfigError(
+                "auth_secret: users_file is set, so a cluster secret of at least 16 characters "
+                "is needed (CALLMESH_AUTH_SECRET)"
+            )
+        if not 60 <= self.token_ttl_s <= 7 * 86400:
+            raise ConfigError(f"token_ttl_s: {self.token_ttl_s} is not in 60-604800 seconds")
+        if self.caller_rate_per_s < 0 or self.caller_burst < 1:
+            raise ConfigError("caller_rate_per_s must be >= 0 and caller_burst >= 1")
+        tls = [self.tls_ca, self.tls_cert, self.tls_key]
+        if any(tls) and not all(tls):
+            raise ConfigError("tls_ca, tls_cert and tls_key: set all three or none")
+        etcd_tls = [self.etcd_ca, self.etcd_cert, self.etcd_key]
+        if any(etcd_tls) and not all(etcd_tls):
+            raise ConfigError("etcd_ca, etcd_cert and etcd_key: set all three or none")
+        https = [url.startswith("https://") for url in self.etcd_endpoints]
+        if any(https) != all(etcd_tls) or (any(https) and not all(https)):
+            raise ConfigError(
+                "etcd_endpoints: https:// endpoints (all of them) go with etcd_ca, etcd_cert "
+                "and etcd_key; http:// endpoints with none"
+            )
+        for pair in self.partner_scopes:
+            partner, _, site = pair.partition("=")
+            try:
+                check_id("partner_scopes partner site", partner)
+                check_id("partner_scopes site", site)
+            except InvalidRecord as error:
+                raise ConfigError(
+                    f"partner_scopes: {pair!r} is not PARTNER=SITE: {error}"
+                ) from None
+
+    def _check_sip(self) -> None:
+        if not 0 <= self.sip_port <= 65535:
+            raise ConfigError(f"sip_port: {self.sip_port} is not a port number (0-65535)")
+        if self.sip_port and not self.sip_trunks:
+            raise ConfigError("sip_trunks: name the trunk addresses allowed to send SIP calls")
+        for entry in self.sip_trunks:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ConfigError(f"sip_trunks: {entry!r} is not an address or network") from None
+        if self.sip_outbound and not _ADDRESS.fullmatch(self.sip_outbound):
+            raise ConfigError(f"sip_outbound: {self.sip_outbound!r} is not host:port")
+        if bool(self.sip_user) != bool(self.sip_password):
+            raise ConfigError("sip_user and sip_password: set both or neither")
+        if self.sip_answer not in ("agent", "arrival"):
+            raise ConfigError(f"sip_answer: {self.sip_answer!r} is not agent or arrival")
+        if not 1024 <= self.rtp_port_min < self.rtp_port_max <= 65535:
+            raise ConfigError(
+                f"rtp_port_min, rtp_port_max: {self.rtp_port_min}-{self.rtp_port_max} is not a "
+                "range of ports within 1024-65535"
+            )
 
     @property
     def grpc_address(self) -> str:

@@ -509,10 +509,13 @@ async def _feed(stdin: asyncio.StreamWriter, payload: bytes) -> None:
     try:
         stdin.write(payload)
         await stdin.drain()
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # the program did not read its input: its answer still decides
+    except (BrokenPipeError, ConnectionResetError, RuntimeError):
+        # the program did not read its input (uvloop says RuntimeError: the handler is closed):
+        # its answer still decides
+        pass
     finally:
-        stdin.close()
+        with contextlib.suppress(RuntimeError):
+            stdin.close()
 
 
 async def _read_head(

@@ -35,8 +35,10 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aetcd
+import grpc
 
 from node import metrics
+from node.etcdtls import TlsClient
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +142,17 @@ class Etcd:
         connect_timeout_s: float = 10.0,
         on_lease_lost: Callable[[], None] = _ignore_lost,
         on_lease_granted: Callable[[int], None] = _ignore_granted,
+        tls: grpc.ChannelCredentials | None = None,
     ) -> None:
         if not endpoints:
             raise ValueError("etcd needs at least one endpoint")
+        self._tls = tls  # TLS credentials (node/etcdtls.py) for https endpoints
+        for endpoint in endpoints:
+            if endpoint.startswith("https://") != (tls is not None):
+                raise ValueError(
+                    f"etcd endpoint {endpoint!r}: expected http://host:port, or https://host:port "
+                    "with TLS credentials"
+                )
         if lease_ttl_s < 1 or request_timeout_s <= 0 or connect_timeout_s <= 0:
             raise ValueError("etcd lease TTL and timeouts must be positive")
         self._endpoints = tuple(endpoints)
@@ -417,6 +427,14 @@ class Etcd:
 
     def _new_client(self, index: int) -> Any:
         host, port = self._addresses[index]
+        if self._tls is not None:  # https endpoints: TLS with this node's client certificate
+            return TlsClient(
+                host,
+                port,
+                self._tls,
+                timeout=self._request_timeout_s,
+                options=dict(_CHANNEL_OPTIONS),
+            )
         return aetcd.Client(
             host, port, timeout=self._request_timeout_s, options=dict(_CHANNEL_OPTIONS)
         )
@@ -558,8 +576,8 @@ class Etcd:
 
 def _parse_endpoint(endpoint: str) -> tuple[str, int]:
     parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
-    if parts.scheme != "http" or not parts.hostname or parts.port is None:
-        raise ValueError(f"etcd endpoint {endpoint!r}: expected http://host:port")
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
+        raise ValueError(f"etcd endpoint {endpoint!r}: expected http(s)://host:port")
     return parts.hostname, parts.port
 
 

@@ -44,6 +44,7 @@ class AgentAction(enum.Enum):
     ESCALATE = "escalate"  # hand the call to another queue, with notes (a cold transfer)
     CONSULT = "consult"  # warm: ask an agent of another queue to join, with notes
     HANDOVER = "handover"  # warm: leave the call to the consulted agent
+    DIGITS = "digits"  # the agent's keypad: DTMF (in `notes`) for the call's hook
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from types import TracebackType
 
 import grpc
 
-from node import metrics
+from node import metrics, peerpolicy
 from node.transport import PLAIN, Transport
 from protos import registry_pb2 as pb
 from protos import registry_pb2_grpc as pb_grpc
@@ -49,7 +49,13 @@ class _Servicer(pb_grpc.GossipServicer):
 
     async def Push(self, request: pb.Delta, context: grpc.aio.ServicerContext) -> pb.Ack:
         try:
-            self._gossip.apply(codec.delta_from_wire(request))
+            delta = codec.delta_from_wire(request)
+            peer = self._gossip.transport.peer(context)
+            admitted = peerpolicy.admit(peer, delta, self._gossip.registry)
+            if admitted.dropped:  # a partner relaying other sites' entries, or forging them
+                metrics.registry_refused("peer", "partner_scope")
+                log.debug("gossip push from %s: %d entries out of scope", peer, admitted.dropped)
+            self._gossip.apply(admitted.delta)
         except RegistryError as error:
             await _abort(context, error, f"push from {request.sender!r:.40}")
         return pb.Ack(receiver=self._gossip.registry.node_id, seq=request.to_seq)
@@ -120,6 +126,10 @@ class Gossip:
         self.bytes_out = 0  # requests this node sent (protobuf bytes, without gRPC framing)
         self.bytes_in = 0  # replies this node received
         self.blocked: frozenset[str] = frozenset()  # fault injection: peers treated as cut off
+
+    @property
+    def transport(self) -> Transport:
+        return self._transport
 
     @property
     def port(self) -> int:
@@ -213,7 +223,7 @@ class Gossip:
     async def _peer_loop(self, peer: PeerState) -> None:
         backoff = 0.05
         wake = self._wakes[peer.address]
-        async with self._transport.channel(peer.address) as channel:
+        async with self._transport.peer_channel(peer.address) as channel:
             stub = pb_grpc.GossipStub(channel)
             while True:
                 try:

@@ -5,6 +5,7 @@ Handlers parse, call one service method and render; errors map to statuses in on
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
@@ -12,6 +13,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from node import metrics, openapi
+from node.auth import Auth, Claims, Role
 from node.sessions import Profile, Sessions
 from registry.errors import InvalidRecord
 from registry.records import (
@@ -25,6 +27,9 @@ from registry.records import (
 from registry.registry import Registry
 
 MAX_BODY = 64 * 1024
+"""The largest request body any route reads (aiohttp's client_max_size: 413 past it)."""
+MAX_WS_MESSAGE = 16 * 1024
+"""The largest message a websocket accepts from a client (the connection closes past it)."""
 
 _STATUS = {
     "bad_request": 400,
@@ -40,6 +45,16 @@ _STATUS = {
     "offer_not_found": 404,
     "wrong_state": 409,
     "node_draining": 503,
+    "unauthorized": 401,
+    "token_expired": 401,
+    "login_failed": 401,
+    "forbidden": 403,
+    "rate_limited": 429,
+    "auth_disabled": 404,
+    "bad_sdp": 400,
+    "no_media": 409,
+    "entry_not_found": 404,
+    "digits_invalid": 400,
 }
 
 
@@ -48,7 +63,14 @@ class Readiness(Protocol):
 
 
 class Faults(Protocol):
+    blocked: frozenset[str]
+
+    @property
+    def clock_offset_ms(self) -> int: ...
+
     def block(self, addresses: Iterable[str]) -> None: ...
+
+    def skew(self, offset_ms: int) -> None: ...
 
 
 class BadRequest(Exception):
@@ -154,8 +176,47 @@ def agent_id_from(request: web.Request) -> str:
     return value
 
 
+AUTH = web.AppKey("callmesh.auth", Auth)
+"""The app's Auth, when authentication is on (node/auth.py)."""
+CLAIMS = web.RequestKey("callmesh.claims", Claims)
+"""The request's verified token claims, when it carried a token (request.get(CLAIMS))."""
+
+
+class AuthDisabled(Exception):
+    code = "auth_disabled"
+
+
+@web.middleware
+async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every request passes node/auth.py's table: a token from the Authorization header (or
+    ?token= for websockets, which browsers open without headers) and the client address."""
+    auth = request.app[AUTH]
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header[:7].lower() == "bearer " else None
+    if token is None and "token" in request.query:
+        token = request.query["token"]
+    route = request.match_info.route.resource
+    canonical = route.canonical if route is not None else request.path
+    claims = auth.authorize(
+        request.method, canonical, request.match_info, token, request.remote or "?"
+    )
+    if claims is not None:
+        request[CLAIMS] = claims
+    return await handler(request)
+
+
+def caller_token(request: web.Request, call_id: str) -> dict[str, str]:
+    """{"caller_token": ...} for the reply to a new call when authentication is on, else {}."""
+    auth = request.app.get(AUTH)
+    return {} if auth is None else {"caller_token": auth.caller_token(call_id)}
+
+
 def make_app(
-    registry: Registry, sessions: Sessions, readiness: Readiness, faults: Faults | None = None
+    registry: Registry,
+    sessions: Sessions,
+    readiness: Readiness,
+    faults: Faults | None = None,
+    auth: Auth | None = None,
 ) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "node": registry.node_id})
@@ -185,8 +246,33 @@ def make_app(
         )
 
     async def login(request: web.Request) -> web.Response:
-        record = await sessions.login(agent_id_from(request), _profile(await _body(request)))
+        agent, body = agent_id_from(request), await _body(request)
+        claims: Claims | None = request.get(CLAIMS)
+        known = auth.profile(agent) if auth is not None else None
+        if known is not None and (not body or (claims is not None and claims.role is Role.AGENT)):
+            profile = known  # an agent logs in with the skills the users file gives it
+        else:
+            profile = _profile(body)
+        record = await sessions.login(agent, profile)
         return web.json_response(agent_json(record))
+
+    async def user_login(request: web.Request) -> web.Response:
+        if auth is None:
+            raise AuthDisabled("authentication is off on this node (no users_file configured)")
+        body = await _body(request)
+        user, password = body.get("user"), body.get("password")
+        if not isinstance(user, str) or not isinstance(password, str):
+            raise BadRequest('user and password must be strings, e.g. {"user": "ann", ...}')
+        auth.admit_login(request.remote or "?")
+        done = await asyncio.to_thread(auth.login, user, password)
+        return web.json_response(
+            {
+                "token": done.token,
+                "user": done.claims.user,
+                "role": done.claims.role.value,
+                "expires_ms": done.claims.expires_ms,
+            }
+        )
 
     async def set_state(request: web.Request) -> web.Response:
         body = await _body(request)
@@ -200,14 +286,30 @@ def make_app(
         return web.json_response(agent_json(await sessions.logout(agent_id_from(request))))
 
     async def set_faults(request: web.Request) -> web.Response:
-        block = (await _body(request)).get("block", [])
-        if not isinstance(block, list) or not all(isinstance(a, str) for a in block):
-            raise BadRequest('block must be a list of "host:port" gossip addresses')
+        body = await _body(request)
+        block, offset = body.get("block"), body.get("clock_offset_ms")
+        if block is not None and (
+            not isinstance(block, list) or not all(isinstance(a, str) for a in block)
+        ):
+            raise BadRequest('block must be a list of "host:port" gRPC addresses of other nodes')
+        if offset is not None and (
+            not isinstance(offset, int) or isinstance(offset, bool) or abs(offset) > 600_000
+        ):
+            raise BadRequest("clock_offset_ms must be an integer within ±600000")
         assert faults is not None
-        faults.block(block)
-        return web.json_response({"blocked": sorted(block)})
+        if block is not None:
+            faults.block(block)
+        if offset is not None:
+            faults.skew(offset)
+        return web.json_response(
+            {"blocked": sorted(faults.blocked), "clock_offset_ms": faults.clock_offset_ms}
+        )
 
-    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
+    middlewares = [_errors] if auth is None else [_errors, _authenticate]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
+    if auth is not None:
+        app[AUTH] = auth
+    app.router.add_post("/login", user_login)
     if faults is not None:
         app.router.add_post("/debug/faults", set_faults)
     app.router.add_get("/healthz", healthz)

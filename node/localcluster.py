@@ -12,11 +12,17 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from node.ca import CA_CERT, init_ca, issue
+from node.entries import sample_entries_toml, shipped_hooks_dir
 from node.etcd_server import EtcdServer, free_port
+from node.queues import DEFAULT_QUEUES_TOML
+from node.sampleusers import LocalCredentials
+from registry.records import Trust
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +83,7 @@ class NodePlan:
             f"gateway = {'true' if self.gateway else 'false'}",
             f"remote_gateways = [{quoted}]",
             f'data_dir = "{data_dir}"',
+            'media_host = "127.0.0.1"',
         ]
         if queues_file is not None:
             lines.append(f'queues_file = "{queues_file}"')
@@ -89,6 +96,17 @@ class NodePlan:
                 "drain_timeout_s = 10",
             ]
         return "\n".join(lines) + "\n"
+
+
+def local_trunk_toml() -> str:
+    """Config lines for a node that serves SIP to a trunk on loopback (SIPp in the tests, `up`):
+    a free SIP port, 127.0.0.1 allowed, 50 RTP ports."""
+    rtp = free_port() & ~1
+    return (
+        f"sip_port = {free_port()}\n"
+        'sip_trunks = ["127.0.0.1"]\n'
+        f"rtp_port_min = {rtp}\nrtp_port_max = {rtp + 100}\n"
+    )
 
 
 def plan_nodes(sites: list[SitePlan]) -> list[NodePlan]:
@@ -109,12 +127,24 @@ class LocalCluster:
         *,
         fast: bool = False,
         queues_toml: str | None = None,
+        wan_delay_ms: float = 0.0,
+        extra_toml: Mapping[str, str] | None = None,
+        tls: bool = True,
     ) -> None:
         self.sites = sites
-        self.queues_file: Path | None = None
-        if queues_toml is not None:
-            self.queues_file = root / "queues.toml"
-            self.queues_file.write_text(queues_toml)
+        self.pki = root / "pki" if tls else None
+        """Mutual TLS between the nodes: the CA and every node's certificate (node/ca.py)."""
+        if self.pki is not None:
+            init_ca(self.pki)
+        self.extra_toml = dict(extra_toml or {})  # node id -> more config lines (e.g. SIP)
+        self.credentials = LocalCredentials(root, fast=fast)
+        """The users file (admin, supervisor, sample agents), the cluster secret, tokens:
+        `cluster.credentials.headers()` is an admin's Authorization header."""
+        self.wan_delay_ms = wan_delay_ms  # one way, between nodes of different sites (node/wan.py)
+        if queues_toml is None:  # the sample queues and the awk menu at entry point "main"
+            queues_toml = DEFAULT_QUEUES_TOML + sample_entries_toml(shipped_hooks_dir())
+        self.queues_file: Path | None = root / "queues.toml"
+        self.queues_file.write_text(queues_toml)
         self.root = root
         self.fast = fast
         self.plans = {plan.node_id: plan for plan in plan_nodes(sites)}
@@ -176,10 +206,20 @@ class LocalCluster:
     async def start_node(self, node_id: str, *, wait: bool = True) -> None:
         """Start (or restart) a node's process with its planned config."""
         plan = self.plans[node_id]
-        gateways = [p.grpc for p in self.plans.values() if p.gateway and p.site != plan.site]
+        dials_any = plan.site.trust == "partner"  # in-house gateways dial in-house ones only
+        gateways = [
+            p.grpc
+            for p in self.plans.values()
+            if p.gateway and p.site != plan.site and (dials_any or p.site.trust == "inhouse")
+        ]
         etcd_urls = self.etcd_urls(plan.site.name)
         data_dir = self.root / f"{node_id}-data"
         config = plan.toml(etcd_urls, gateways, self.fast, data_dir, self.queues_file)
+        config += self.credentials.toml() + self._tls_toml(plan)
+        config += self.extra_toml.get(node_id, "")
+        if self.wan_delay_ms:
+            others = ", ".join(f'"{p.grpc}"' for p in self.plans.values() if p.site != plan.site)
+            config += f"wan_delay_ms = {self.wan_delay_ms}\nwan_peers = [{others}]\n"
         self.config_path(node_id).write_text(config)
         with self.log_path(node_id).open("ab") as log:
             self.processes[node_id] = await asyncio.create_subprocess_exec(
@@ -196,6 +236,21 @@ class LocalCluster:
             )
         if wait:
             await self._await_banner(node_id)
+
+    def _tls_toml(self, plan: NodePlan) -> str:
+        """The node's certificate (issued once) and the partner scopes: a partner site may
+        reserve agents of every in-house site of the local cluster (for escalations)."""
+        inhouse = [s.name for s in self.sites if s.trust == "inhouse"]
+        partners = [s.name for s in self.sites if s.trust == "partner"]
+        scopes = [f"{partner}={site}" for partner in partners for site in inhouse]
+        quoted = ", ".join(f'"{scope}"' for scope in scopes)
+        lines = f"partner_scopes = [{quoted}]\n"
+        if self.pki is None:
+            return lines
+        cert, key = self.pki / f"{plan.node_id}.pem", self.pki / f"{plan.node_id}.key"
+        if not cert.exists():
+            issue(self.pki, plan.node_id, plan.site.name, Trust[plan.site.trust.upper()])
+        return lines + f'tls_ca = "{self.pki / CA_CERT}"\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
 
     async def _await_banner(self, node_id: str, timeout_s: float = 30.0) -> None:
         process = self.processes[node_id]

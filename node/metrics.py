@@ -141,6 +141,12 @@ MEDIA_JITTER = Histogram(
     ["site", "kind"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5),
 )
+MEDIA_ROUND_TRIP = Histogram(
+    "callmesh_media_round_trip_seconds",
+    "Round-trip time of WebRTC legs from RTCP reports, one observation per leg and report.",
+    ["site", "kind"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1),
+)
 HOOK_RUNS = Counter(
     "callmesh_hook_runs",
     "Hook script runs, by hook (the configured event name) and result (ok, failed, timeout).",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from node.auth import Access, access_for
+
 ERROR = {"$ref": "#/components/schemas/Error"}
 OBJECT = {"type": "object"}
 
@@ -36,7 +38,14 @@ def _op(
 
 
 AGENT = {"name": "agent_id", "in": "path", "required": True, "schema": {"type": "string"}}
+SDP = {"type": "string", "maxLength": 20000}
+BOOL = {"type": "boolean"}
 CALL = {"name": "call_id", "in": "path", "required": True, "schema": {"type": "string"}}
+DIGITS_BODY = {
+    "type": "object",
+    "required": ["digits"],
+    "properties": {"digits": {"type": "string", "pattern": "^[0-9*#A-D]{1,32}$"}},
+}
 
 PATHS: dict[str, dict[str, Any]] = {
     "/healthz": {"get": _op("Liveness", errors=(), tag="operations")},
@@ -50,12 +59,30 @@ PATHS: dict[str, dict[str, Any]] = {
         )
     },
     "/openapi.json": {"get": _op("This document", errors=(), tag="operations")},
-    "/debug/faults": {
+    "/login": {
         "post": _op(
-            "Cut gossip links (only with fault_injection)",
+            "Log in with user and password: a token for Authorization: Bearer TOKEN",
             body={
                 "type": "object",
-                "properties": {"block": {"type": "array", "items": {"type": "string"}}},
+                "required": ["user", "password"],
+                "properties": {
+                    "user": {"type": "string", "maxLength": 64},
+                    "password": {"type": "string", "maxLength": 1024},
+                },
+            },
+            errors=(400, 401, 404, 429),
+            tag="authentication",
+        )
+    },
+    "/debug/faults": {
+        "post": _op(
+            "Cut links to other nodes, skew the registry clock (only with fault_injection)",
+            body={
+                "type": "object",
+                "properties": {
+                    "block": {"type": "array", "items": {"type": "string"}},
+                    "clock_offset_ms": {"type": "integer"},
+                },
             },
             errors=(400,),
             tag="operations",
@@ -121,15 +148,45 @@ PATHS: dict[str, dict[str, Any]] = {
         )
     },
     "/agents/{agent_id}/wrap-up/done": {"post": _op("End wrap-up early", tag="agents")},
-    "/calls": {
+    "/agents/{agent_id}/media": {
+        "get": _op("The agent's media leg: packets, loss, jitter, round trip", tag="agents"),
         "post": _op(
-            "A caller arrives (signalling only)",
+            "The agent page's peer connection: an SDP offer in, the answer out; kept up between "
+            "calls, a new offer replaces it",
+            body={"type": "object", "required": ["sdp"], "properties": {"sdp": SDP}},
+            tag="agents",
+        ),
+    },
+    "/agents/{agent_id}/phone": {
+        "post": _op(
+            "The agent's external phone: its offers are called out through the SIP trunk and the "
+            'audio is on the phone ("" removes it); the agent still answers and acts here',
             body={
                 "type": "object",
-                "required": ["queue"],
+                "required": ["number"],
+                "properties": {"number": {"type": "string", "pattern": "^[+0-9*#]{0,32}$"}},
+            },
+            tag="agents",
+        )
+    },
+    "/agents/{agent_id}/calls/{call_id}/hold": {
+        "post": _op(
+            "Hold (music on hold to the caller, no audio either way) or resume",
+            body={"type": "object", "required": ["hold"], "properties": {"hold": BOOL}},
+            tag="agents",
+        )
+    },
+    "/calls": {
+        "post": _op(
+            "A caller arrives in a queue, or at an entry point whose hook runs the IVR; with "
+            "sdp (a WebRTC audio offer) the reply carries the answer",
+            body={
+                "type": "object",
                 "properties": {
                     "queue": {"type": "string"},
+                    "entry": {"type": "string", "description": "instead of queue"},
                     "caller": {"type": "string", "maxLength": 128},
+                    "sdp": {"type": "string", "maxLength": 20000},
                 },
             },
             ok=201,
@@ -138,6 +195,32 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/calls/{call_id}": {"get": _op("A call: state, position, agent", tag="callers")},
     "/calls/{call_id}/hangup": {"post": _op("The caller hangs up", tag="callers")},
+    "/calls/{call_id}/media": {
+        "get": _op(
+            "The call's media legs on this node: packets, loss, jitter, round trip; recording",
+            tag="callers",
+        )
+    },
+    "/calls/{call_id}/digits": {
+        "post": _op(
+            "DTMF from the caller's keypad, for the entry point's IVR",
+            body=DIGITS_BODY,
+            tag="callers",
+        )
+    },
+    "/agents/{agent_id}/calls/{call_id}/digits": {
+        "post": _op(
+            "DTMF from the agent's keypad: a digits event for the call's hook",
+            body=DIGITS_BODY,
+            tag="agents",
+        )
+    },
+    "/voicemails": {
+        "get": _op("Messages callers left (queue overflow or hook)", errors=(), tag="supervisors")
+    },
+    "/prompts": {
+        "get": _op("The prompts a hook may play: name, text, seconds", errors=(), tag="callers")
+    },
     "/records": {"get": _op("Call records (JSON, or ?format=csv)", tag="supervisors")},
     "/records/{call_id}": {"get": _op("One call record with its legs", tag="supervisors")},
     "/records/billing": {
@@ -153,12 +236,31 @@ PATHS: dict[str, dict[str, Any]] = {
 }
 
 
+def _secured(path: str, method: str, op: dict[str, Any]) -> dict[str, Any]:
+    """The operation with who may call it (node/auth.py's table) and its 401/403/429 answers."""
+    access = access_for(method.upper(), path)
+    responses = dict(op["responses"])
+    error = {"description": "error (see the code)", **_json(ERROR)}
+    if access is Access.OPEN:
+        return {**op, "security": []}
+    if access is Access.CALLER_START:
+        responses["401"] = responses["429"] = error
+        return {**op, "responses": responses, "security": [{}, {"bearer": []}]}
+    responses["401"] = responses["403"] = error
+    return {
+        **op,
+        "responses": responses,
+        "security": [{"bearer": []}, {"token_query": []}],
+        "description": f"access: {access.value} ({access.__doc__ or ''})".strip(),
+    }
+
+
 def document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for path, operations in PATHS.items():
         parameters = [p for p, name in ((AGENT, "{agent_id}"), (CALL, "{call_id}")) if name in path]
         paths[path] = {
-            method: ({**op, "parameters": parameters} if parameters else op)
+            method: _secured(path, method, {**op, "parameters": parameters} if parameters else op)
             for method, op in operations.items()
         }
     return {
@@ -166,10 +268,28 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "callmesh node",
             "version": "0.1.0",
-            "description": "One node's HTTP API: agents, callers, supervisors, operations.",
+            "description": (
+                "One node's HTTP API: agents, callers, supervisors, operations. The browser "
+                "pages that use it are served under /ui/ (and / redirects there); they are "
+                "static files, not part of this API."
+            ),
         },
         "paths": paths,
+        "security": [{"bearer": []}],
         "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "a token from POST /login, or a call's caller_token",
+                },
+                "token_query": {
+                    "type": "apiKey",
+                    "in": "query",
+                    "name": "token",
+                    "description": "the same token, for websockets (browsers send no headers)",
+                },
+            },
             "schemas": {
                 "Error": {
                     "type": "object",
@@ -179,6 +299,6 @@ def document() -> dict[str, Any]:
                         "message": {"type": "string"},
                     },
                 }
-            }
+            },
         },
     }

@@ -20,7 +20,9 @@ The file holds one table per queue; escalation steps are an array of tables::
     sites = ["site-a"]                     # optional: only these sites (default: any)
 
 Steps are cumulative: an agent eligible in an earlier step stays eligible (node/routing.py decides
-which steps a waiting call has reached). Every field but `skills` has a default (`QueueConfig`);
+which steps a waiting call has reached). The same file holds the entry points, `[entries.NAME]`
+tables (node/entries.py), validated and reloaded with the queues (`parse_deployment`).
+Every field but `skills` has a default (`QueueConfig`);
 a queue without steps may be taken by any tier at any site.
 """
 
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node.entries import EntryPoint, HookConfigError, parse_entries
 from registry.errors import InvalidRecord
 from registry.records import MAX_PRIORITY, MAX_TIER, Skills, Trust, check_id, check_skills
 
@@ -152,6 +155,8 @@ class QueueConfig:
     """The agent's wrap-up time after a call of this queue."""
     missed_offers_to_not_ready: int = 2
     """An agent who misses this many offers in a row is set not-ready."""
+    record: bool = False
+    """Record both sides of its calls (WAV under the node's data_dir, named in the call record)."""
 
     def __post_init__(self) -> None:
         try:
@@ -190,6 +195,10 @@ class QueueConfig:
             raise QueueConfigError(
                 f"must be an integer in 1-{MAX_MISSED_OFFERS}, got {missed!r:.40}",
                 field="missed_offers_to_not_ready",
+            )
+        if type(self.record) is not bool:
+            raise QueueConfigError(
+                f"must be true or false, got {self.record!r:.40}", field="record"
             )
         self._validate_steps()
         self._validate_overflow()
@@ -265,25 +274,35 @@ _QUEUE_KEYS = {
     "ring_timeout_s",
     "wrap_up_s",
     "missed_offers_to_not_ready",
+    "record",
 }
 _STEP_KEYS = {"after_s", "tiers", "trusts", "sites"}
 
 
 def parse_queues(text: str) -> dict[str, QueueConfig]:
-    """The queues of a TOML document (`[queues.NAME]` tables), every one validated.
+    """The queues of a TOML document (`[queues.NAME]` tables), every one validated (and its
+    entry points too: see `parse_deployment`).
 
     Raises QueueConfigError naming the queue and the field of the first problem found: bad TOML,
     unknown keys, wrong types, values out of range, unsorted steps, an overflow into a queue that
     does not exist or a ring of overflows.
     """
+    return parse_deployment(text)[0]
+
+
+def parse_deployment(text: str) -> tuple[dict[str, QueueConfig], dict[str, EntryPoint]]:
+    """The queues and the entry points (`[entries.NAME]` tables, node/hooks.py: where calls
+    arrive and the hook that runs their IVR) of one TOML document, both validated, so a file
+    whose entry points are broken is refused as a whole, like one whose queues are."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise QueueConfigError(f"not valid TOML: {error}") from None
-    unknown = sorted(set(raw) - {"queues"})
+    unknown = sorted(set(raw) - {"queues", "entries"})
     if unknown:
         raise QueueConfigError(
-            f"unknown top-level keys: {', '.join(unknown)} (queues go in [queues.NAME] tables)"
+            f"unknown top-level keys: {', '.join(unknown)} (queues go in [queues.NAME] tables, "
+            f"entry points in [entries.NAME])"
         )
     tables = raw.get("queues")
     if not isinstance(tables, dict) or not tables:
@@ -297,7 +316,11 @@ def parse_queues(text: str) -> dict[str, QueueConfig]:
         except QueueConfigError as error:
             raise error.within(name) from None
     _check_overflows(queues)
-    return queues
+    try:
+        entries = parse_entries(raw.get("entries"), queues)
+    except HookConfigError as error:
+        raise QueueConfigError(error.problem, field=error.field) from None
+    return queues, entries
 
 
 def _queue(name: str, table: Mapping[str, Any]) -> QueueConfig:
@@ -326,6 +349,8 @@ def _queue(name: str, table: Mapping[str, Any]) -> QueueConfig:
             values[key] = _number(key, table[key])
     if "overflow" in table:
         values["overflow"] = _string("overflow", table["overflow"])
+    if "record" in table:
+        values["record"] = table["record"]
     if "steps" in table:
         values["steps"] = _steps(table["steps"])
     return QueueConfig(**values)
@@ -438,13 +463,18 @@ def _check_overflows(queues: Mapping[str, QueueConfig]) -> None:
 
 def load_queues(path: Path) -> dict[str, QueueConfig]:
     """The queues of the TOML file at `path`; QueueConfigError names the file when it fails."""
+    return load_deployment(path)[0]
+
+
+def load_deployment(path: Path) -> tuple[dict[str, QueueConfig], dict[str, EntryPoint]]:
+    """The queues and entry points of the TOML file at `path` (`parse_deployment`)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) else str(error)
         raise QueueConfigError(f"cannot read queue file {path}: {reason}") from None
     try:
-        return parse_queues(text)
+        return parse_deployment(text)
     except QueueConfigError as error:
         raise QueueConfigError(f"{path}: {error.problem}", error.queue, error.field) from None
 
@@ -466,11 +496,13 @@ class QueueFile:
         self._stamp: tuple[int, ...] | None = None
         self.reloads = 0
         """How many times the file was read again after a change (good or bad)."""
+        self._entries: Mapping[str, EntryPoint]
         if path is None:
-            self._queues: Mapping[str, QueueConfig] = parse_queues(DEFAULT_QUEUES_TOML)
+            self._queues: Mapping[str, QueueConfig]
+            self._queues, self._entries = parse_deployment(DEFAULT_QUEUES_TOML)
             return
         self._stamp = self._stat(path)
-        self._queues = load_queues(path)
+        self._queues, self._entries = load_deployment(path)
 
     @staticmethod
     def _stat(path: Path) -> tuple[int, ...] | None:
@@ -489,11 +521,16 @@ class QueueFile:
             self._stamp = stamp
             self.reloads += 1
             try:
-                self._queues = load_queues(self.path)
+                self._queues, self._entries = load_deployment(self.path)
                 self.last_error = None
             except QueueConfigError as error:
                 self.last_error = error
         return self._queues
+
+    def entries(self) -> Mapping[str, EntryPoint]:
+        """The entry points now in force (re-read with the queues)."""
+        self.current()
+        return self._entries
 
 
 DEFAULT_QUEUES_TOML = """\

@@ -10,23 +10,24 @@ open with time) and when an agent frees up anywhere, its home node pulls the bes
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from node import metrics
 from node.callstate import Call, CallEvent, CallState, Outcome, WrongState, transition
 from node.cdr import CallRecords
-from node.crm import Customer, Directory, visible
+from node.crm import Customer, Directory, Field, Scope, normalise_phone, visible
 from node.exchange import AgentAction, CallInfo, Link, ReleaseReason, Verdict
 from node.queues import QueueConfig
 from node.routing import AgentIndex, eligible, rank_agents, reached_steps
 from node.tasks import Tasks
 from registry.clock import wall_ms
-from registry.records import AgentRecord, AgentState, QueueSummary
+from registry.records import AgentRecord, AgentState, QueueSummary, Skills
 from registry.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,22 @@ class UnknownQueue(Exception):
 
 class Draining(Exception):
     code = "node_draining"
+
+
+class UnknownEntry(Exception):
+    code = "entry_not_found"
+
+
+class Entries(Protocol):
+    """The entry points' side (node/ivr.py): where a call that arrives at one goes first."""
+
+    def known(self) -> Collection[str]: ...
+
+    def arrived(self, call: Call) -> None:
+        """Take the call (arriving) into the entry point's IVR. Must not block."""
+
+    def digits(self, call_id: str, digits: str, *, agent_id: str = "") -> Call:
+        """DTMF for the call's hook (here: from `agent_id`'s keypad). Must not block."""
 
 
 class Switchboard:
@@ -89,6 +106,11 @@ class Switchboard:
         # called after every transition, once it is recorded: (the call before, its event, the
         # call after); media and hook scripts follow the call's life here. Must not block.
         self.observers: list[Callable[[Call, CallEvent, Call], None]] = []
+        # called with (the call before, after) when who is on a call in talk changes without a
+        # transition: a consulted agent answers or leaves, or takes the call over (hand-over).
+        # Media follows who talks with whom here. Must not block.
+        self.party_observers: list[Callable[[Call, Call], None]] = []
+        self.entries: Entries | None = None  # calls arriving at an entry point go there first
 
     @property
     def node_id(self) -> str:
@@ -96,12 +118,18 @@ class Switchboard:
 
     # -- callers -----------------------------------------------------------------------------------
 
-    async def arrive(self, queue: str, caller: str) -> Call:
+    async def arrive(self, queue: str, caller: str, *, entry: str = "") -> Call:
         """Accept a call: look up the caller's customer record for the screen pop, record the
-        call, and route it."""
+        call, and route it (or, at an entry point, hand it to its IVR, which queues it)."""
         if self.draining:
             raise Draining(f"node {self.node_id} is shutting down; place the call at another node")
-        if queue not in self._queues():
+        if entry:
+            known = self.entries.known() if self.entries is not None else ()
+            if entry not in known:
+                raise UnknownEntry(
+                    f"no entry point {entry!r}; entry points: {', '.join(sorted(known))}"
+                )
+        elif queue not in self._queues():
             known = ", ".join(sorted(self._queues()))
             raise UnknownQueue(f"no queue {queue!r}; queues: {known}")
         customer = None
@@ -115,15 +143,21 @@ class Switchboard:
         call = Call(
             call_id,
             self.node_id,
-            queue,
+            "" if entry else queue,
             caller,
             now,
-            queued_ms=now,
+            state=CallState.ARRIVING if entry else CallState.WAITING,
+            queued_ms=0 if entry else now,
             customer_id=customer.customer_id if customer is not None else "",
+            entry=entry,
         )
         self._records.save(call)  # accepted only once recorded
         self.calls[call_id] = call
         self._customer[call_id] = customer
+        if entry and self.entries is not None:
+            log.info("call %s arrived at entry point %s from %s", call_id, entry, caller)
+            self.entries.arrived(call)
+            return call
         log.info("call %s arrived in queue %s from %s", call_id, queue, caller)
         self._publish(queue)
         self._route_soon(call_id)
@@ -156,6 +190,83 @@ class Switchboard:
             await self._release(node, call_id, agent, reason)
         return ended
 
+    # -- the entry point's IVR steering a call (node/ivr.py) -----------------------------------
+
+    def begin_menu(self, call_id: str) -> Call:
+        """The entry point's hook holds the caller with prompts or digits (arriving -> ivr)."""
+        call = self.get(call_id)
+        return call if call.state is CallState.IVR else self._apply(call, CallEvent.MENU)
+
+    def enqueue(self, call_id: str, queue: str, *, transfer: bool = False) -> Call:
+        """Put the call in `queue`: a call at its entry point starts waiting, a waiting call
+        moves; with `transfer`, a call in talk is handed to the queue (its agent released, as
+        in a cold escalation). WrongState for any other call."""
+        call = self.get(call_id)
+        if queue not in self._queues():
+            raise UnknownQueue(f"no queue {queue!r}; queues: {', '.join(sorted(self._queues()))}")
+        now = wall_ms()
+        if call.state in (CallState.ARRIVING, CallState.IVR):
+            changed = self._apply(
+                call, CallEvent.QUEUE, queue=queue, queued_ms=now, ivr_ms=now - call.arrived_ms
+            )
+        elif call.state is CallState.WAITING:
+            changed = self._apply(call, CallEvent.REQUEUE, queue=queue, queued_ms=now)
+        elif transfer and call.state is CallState.TALKING:
+            verdict = self._escalate(call, queue, "transferred by the entry point's hook")
+            if not verdict.accepted:
+                raise WrongState(verdict.reason)
+            return self.get(call_id)
+        else:
+            raise WrongState(f"a {call.state.value} call cannot be put in a queue")
+        self._route_soon(call_id)
+        return changed
+
+    def end_by_hook(self, call_id: str, *, voicemail: bool, reason: str) -> Call:
+        """End a call at its entry point or waiting: to voicemail, or hung up (completed)."""
+        call = self.get(call_id)
+        event = CallEvent.VOICEMAIL if voicemail else CallEvent.HOOK_HANGUP
+        fields: dict[str, Any] = {}
+        if call.state in (CallState.ARRIVING, CallState.IVR):
+            fields["ivr_ms"] = wall_ms() - call.arrived_ms
+        return self._apply(call, event, reason=reason, **fields)
+
+    def set_routing(
+        self, call_id: str, *, skills: Skills | None = None, priority: int | None = None
+    ) -> Call:
+        """Required skills (over its queue's) and priority for this call only."""
+        call = self.get(call_id)
+        changed = replace(
+            call,
+            skills=call.skills if skills is None else skills,
+            priority=call.priority if priority is None else priority,
+        )
+        self.calls[call_id] = changed
+        self._records.save(changed)
+        if changed.state is CallState.WAITING:
+            self._publish(changed.queue)
+        return changed
+
+    def add_customer_fields(self, call_id: str, fields: Sequence[tuple[str, str]]) -> None:
+        """Screen-pop fields found by a hook, shown to in-house agents only (a hook's data has
+        no scope of its own, so it is cut as the most private). InvalidCustomer when too many."""
+        call = self.get(call_id)
+        names = {name for name, _ in fields}
+        extra = tuple(Field(name, value, Scope.INHOUSE) for name, value in fields)
+        base = self._customer.get(call_id)
+        if base is None:
+            phone = normalise_phone(call.caller) or "0"
+            self._customer[call_id] = Customer(call.customer_id or "unknown", phone, extra, ())
+        else:
+            kept = tuple(item for item in base.fields if item.name not in names)
+            self._customer[call_id] = replace(base, fields=kept + extra)
+
+    def config_of(self, call: Call) -> QueueConfig | None:
+        """The call's queue, with the skills and priority a hook set for this call over it."""
+        config = self._queues().get(call.queue)
+        if config is None or (call.skills is None and call.priority is None):
+            return config
+        return _overridden(config, call.skills, call.priority)
+
     # -- the agent's home node reporting ---------------------------------------------------------
 
     async def report(
@@ -181,6 +292,14 @@ class Switchboard:
             return await self._consult(call, queue, notes)
         if action is AgentAction.HANDOVER:
             return self._handover(call)
+        if action is AgentAction.DIGITS:
+            if self.entries is None or call.state is not CallState.TALKING:
+                return Verdict(False, "digits go to a call in talk")
+            try:
+                self.entries.digits(call_id, notes, agent_id=agent_id)
+            except ValueError as error:  # BadDigits
+                return Verdict(False, str(error))
+            return Verdict(True)
         try:
             if action is AgentAction.ANSWER:
                 self._apply(call, CallEvent.ANSWER)
@@ -286,6 +405,7 @@ class Switchboard:
             self.calls[call.call_id] = answered
             self._records.save(answered)
             self._records.update_leg(call.call_id, agent, answered_ms=wall_ms())
+            self._parties_changed(call, answered)
             return Verdict(True)
         if action not in (AgentAction.REJECT, AgentAction.HANGUP):
             return Verdict(False, "the consulted agent may answer, reject or hang up")
@@ -301,6 +421,8 @@ class Switchboard:
                 self._release(node, call.call_id, agent, ReleaseReason.ENDED),
                 f"release {call.call_id}",
             )
+        if call.consult_answered:
+            self._parties_changed(call, ended)
         return Verdict(True)
 
     def _handover(self, call: Call) -> Verdict:
@@ -332,7 +454,15 @@ class Switchboard:
             f"release {call.call_id}",
         )
         log.info("call %s handed over from %s to %s", call.call_id, leaving, taken.agent_id)
+        self._parties_changed(call, taken)
         return Verdict(True)
+
+    def _parties_changed(self, before: Call, after: Call) -> None:
+        for observer in self.party_observers:
+            try:
+                observer(before, after)
+            except Exception:  # an observer's fault never stops the call
+                log.exception("call %s: party observer %r failed", after.call_id, observer)
 
     def _escalate(self, call: Call, queue: str, notes: str) -> Verdict:
         """A cold transfer: the call waits again in `queue` (the owner keeps it) with the notes;
@@ -390,13 +520,14 @@ class Switchboard:
         free = replace(record, state=AgentState.AVAILABLE, reason="", active_calls=0)
         waiting = sorted(
             (c for c in self.calls.values() if c.queue == queue and c.state is CallState.WAITING),
-            key=lambda c: (c.queued_ms, c.call_id),
+            key=lambda c: (-_priority(c, config), c.queued_ms, c.call_id),
         )
         self._index.refresh(self._registry)
         for call in waiting:
             waited_s = (wall_ms() - call.queued_ms) / 1000
-            steps = reached_steps(config, waited_s, self._index)
-            if not eligible(free, config, steps):
+            own = self.config_of(call) or config
+            steps = reached_steps(own, waited_s, self._index)
+            if not eligible(free, own, steps):
                 continue
             for _ in range(100):  # a retry round routing this call: let it finish first
                 if call.call_id not in self._routing:
@@ -427,7 +558,7 @@ class Switchboard:
         call = self.calls.get(call_id)
         if call is None or call.state is not CallState.WAITING:
             return False
-        queue = self._queues().get(call.queue)
+        queue = self.config_of(call)
         if queue is None:
             return False
         waited_s = (wall_ms() - call.queued_ms) / 1000
@@ -640,7 +771,10 @@ class Switchboard:
                 queue=queue,
                 waiting=len(waiting),
                 oldest_since_ms=min((c.queued_ms for c in waiting), default=0),
-                top_priority=config.priority if config is not None else 0,
+                top_priority=max(
+                    (_priority(c, config) for c in waiting),
+                    default=config.priority if config is not None else 0,
+                ),
                 required_skills=config.skills if config is not None else (),
             )
         )
@@ -655,8 +789,54 @@ class Switchboard:
             for call in list(self.calls.values()):
                 if call.state is CallState.WAITING:
                     self._route_soon(call.call_id)
+                elif call.state is CallState.TALKING:
+                    self._fail_if_agent_gone(call)
+
+    def _fail_if_agent_gone(self, call: Call) -> None:
+        """Close a talking call as failed once the registry shows its agent is no longer on it,
+        so that it does not stay bridged to an agent who takes other calls (found by the chaos
+        checker: one agent talking on two calls at once):
+        - the agent's session ended: a higher epoch (a login elsewhere, or its home node died and
+          a peer wrote the agent offline);
+        - the agent's home released it since the answer (its watchdog gave up on this owner
+          while cut off or paused): same epoch, no call, not reserved or talking, since after
+          the answer. With capacity > 1 the agent may be on another call: not detected here."""
+        agent = self._registry.agent(call.agent_id)
+        if agent is None:
+            return
+        if agent.epoch > call.epoch:
+            why = f"the agent's session ended (epoch {call.epoch} -> {agent.epoch})"
+        elif (
+            agent.epoch == call.epoch
+            and agent.active_calls == 0
+            and agent.state not in (AgentState.RESERVED, AgentState.TALKING)
+            and agent.state_since_ms > call.answered_ms > 0
+        ):
+            why = f"the agent's home released the agent ({agent.state.name.lower()})"
+        else:
+            return
+        log.warning(
+            "call %s: agent %s is gone: %s; closing as failed", call.call_id, call.agent_id, why
+        )
+        self._apply(call, CallEvent.FAIL, reason=why)
 
     async def close(self) -> None:
         for timer in self._ring.values():
             timer.cancel()
         await self._tasks.close()
+
+
+def _priority(call: Call, config: QueueConfig | None) -> int:
+    """The call's own priority when a hook set one, else its queue's."""
+    if call.priority is not None:
+        return call.priority
+    return config.priority if config is not None else 0
+
+
+@functools.lru_cache(maxsize=256)
+def _overridden(config: QueueConfig, skills: Skills | None, priority: int | None) -> QueueConfig:
+    return replace(
+        config,
+        skills=config.skills if skills is None else skills,
+        priority=config.priority if priority is None else priority,
+    )

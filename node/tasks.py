@@ -23,6 +23,8 @@ class Tasks:
         task = asyncio.create_task(self._guard(work, name), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # a task cancelled before it ran never started `work`: close it, or Python warns
+        task.add_done_callback(lambda _: work.close())
 
     async def _guard(self, work: Coroutine[Any, Any, Any], name: str) -> None:
         try:

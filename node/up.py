@@ -7,7 +7,8 @@ import signal
 import tempfile
 from pathlib import Path
 
-from node.localcluster import LocalCluster, plan_sites
+from node.localcluster import LocalCluster, local_trunk_toml, plan_sites
+from node.sampleusers import credential_lines
 
 
 async def _main(sites: int) -> None:
@@ -16,12 +17,19 @@ async def _main(sites: int) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     with tempfile.TemporaryDirectory(prefix="callmesh-up-") as root:
-        async with LocalCluster(plan_sites(sites), Path(root)) as cluster:
+        plans = plan_sites(sites)
+        trunk = {f"{plans[0].name}-n1": local_trunk_toml()}  # SIP on the first node (banner)
+        async with LocalCluster(plans, Path(root), extra_toml=trunk) as cluster:
             for name, members in cluster.etcds.items():
                 for etcd in members:
                     print(f"{name}: etcd {etcd.client_url} (pid {etcd.pid})", flush=True)
             for node_id, banner in cluster.banners.items():
                 print(f"{banner} (pid {cluster.pid(node_id)})", flush=True)
+            http_by_site: dict[str, str] = {}
+            for plan in cluster.plans.values():
+                http_by_site.setdefault(plan.site.name, plan.http)
+            for line in credential_lines(cluster.credentials, http_by_site):
+                print(line, flush=True)
             print(f"logs and configs in {root}", flush=True)
             print("cluster up; Ctrl-C stops it", flush=True)
             await stop.wait()

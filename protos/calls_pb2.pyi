@@ -66,6 +66,8 @@ class _AgentActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentActi
     """warm: ask an agent of `queue` to consult, with `notes`"""
     AGENT_ACTION_HANDOVER: _AgentAction.ValueType  # 7
     """warm: leave the call to the consulted agent"""
+    AGENT_ACTION_DIGITS: _AgentAction.ValueType  # 8
+    """the agent's keypad: DTMF `notes` for the call's hook"""
 
 class AgentAction(_AgentAction, metaclass=_AgentActionEnumTypeWrapper):
     """Home -> owner: the agent answered, rejected or hung up."""
@@ -82,6 +84,8 @@ AGENT_ACTION_CONSULT: AgentAction.ValueType  # 6
 """warm: ask an agent of `queue` to consult, with `notes`"""
 AGENT_ACTION_HANDOVER: AgentAction.ValueType  # 7
 """warm: leave the call to the consulted agent"""
+AGENT_ACTION_DIGITS: AgentAction.ValueType  # 8
+"""the agent's keypad: DTMF `notes` for the call's hook"""
 Global___AgentAction: _TypeAlias = AgentAction  # noqa: Y015
 
 @_typing.final
@@ -352,3 +356,78 @@ class Empty(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Empty: _TypeAlias = Empty  # noqa: Y015
+
+@_typing.final
+class MediaOpenRequest(_message.Message):
+    """The media of a call between two nodes (DESIGN.md §4 step 7): when the agent who answered is
+    homed on another node, the call's owner opens a node-to-node leg to the agent's home node,
+    which bridges it to the agent's peer connection. RTP flows between the two `address`es.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    call_id: _builtins.str
+    agent_id: _builtins.str
+    address: _builtins.str
+    """host:port where the owner takes the call's RTP"""
+    def __init__(
+        self,
+        *,
+        call_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_id", b"agent_id", "call_id", b"call_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MediaOpenRequest: _TypeAlias = MediaOpenRequest  # noqa: Y015
+
+@_typing.final
+class MediaOpenReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    address: _builtins.str
+    """host:port where the agent's home takes the call's RTP"""
+    def __init__(
+        self,
+        *,
+        address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MediaOpenReply: _TypeAlias = MediaOpenReply  # noqa: Y015
+
+@_typing.final
+class MediaCloseRequest(_message.Message):
+    """Owner -> home: the call ended, or the agent left it; close that agent's leg of the call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    call_id: _builtins.str
+    agent_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        call_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "call_id", b"call_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MediaCloseRequest: _TypeAlias = MediaCloseRequest  # noqa: Y015

@@ -224,3 +224,118 @@ class Calls:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class MediaStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Open = channel.unary_unary(
+                '/callmesh.calls.v1.Media/Open',
+                request_serializer=protos_dot_calls__pb2.MediaOpenRequest.SerializeToString,
+                response_deserializer=protos_dot_calls__pb2.MediaOpenReply.FromString,
+                _registered_method=True)
+        self.Close = channel.unary_unary(
+                '/callmesh.calls.v1.Media/Close',
+                request_serializer=protos_dot_calls__pb2.MediaCloseRequest.SerializeToString,
+                response_deserializer=protos_dot_calls__pb2.Empty.FromString,
+                _registered_method=True)
+
+
+class MediaServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Open(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Close(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_MediaServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Open': grpc.unary_unary_rpc_method_handler(
+                    servicer.Open,
+                    request_deserializer=protos_dot_calls__pb2.MediaOpenRequest.FromString,
+                    response_serializer=protos_dot_calls__pb2.MediaOpenReply.SerializeToString,
+            ),
+            'Close': grpc.unary_unary_rpc_method_handler(
+                    servicer.Close,
+                    request_deserializer=protos_dot_calls__pb2.MediaCloseRequest.FromString,
+                    response_serializer=protos_dot_calls__pb2.Empty.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'callmesh.calls.v1.Media', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('callmesh.calls.v1.Media', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Media:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Open(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callmesh.calls.v1.Media/Open',
+            protos_dot_calls__pb2.MediaOpenRequest.SerializeToString,
+            protos_dot_calls__pb2.MediaOpenReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Close(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callmesh.calls.v1.Media/Close',
+            protos_dot_calls__pb2.MediaCloseRequest.SerializeToString,
+            protos_dot_calls__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -78,3 +78,34 @@ class CallsServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_calls_pb2.PullReply, _abc.Awaitable[_calls_pb2.PullReply]]: ...
 
 def add_CallsServicer_to_server(servicer: CallsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class MediaStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> MediaAsyncStub: ...
+    Open: _grpc.UnaryUnaryMultiCallable[_calls_pb2.MediaOpenRequest, _calls_pb2.MediaOpenReply]
+    Close: _grpc.UnaryUnaryMultiCallable[_calls_pb2.MediaCloseRequest, _calls_pb2.Empty]
+
+@_typing.type_check_only
+class MediaAsyncStub(MediaStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Open: _aio.UnaryUnaryMultiCallable[_calls_pb2.MediaOpenRequest, _calls_pb2.MediaOpenReply]  # type: ignore[assignment]
+    Close: _aio.UnaryUnaryMultiCallable[_calls_pb2.MediaCloseRequest, _calls_pb2.Empty]  # type: ignore[assignment]
+
+class MediaServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def Open(
+        self,
+        request: _calls_pb2.MediaOpenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_calls_pb2.MediaOpenReply, _abc.Awaitable[_calls_pb2.MediaOpenReply]]: ...
+
+    @_abc_1.abstractmethod
+    def Close(
+        self,
+        request: _calls_pb2.MediaCloseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_calls_pb2.Empty, _abc.Awaitable[_calls_pb2.Empty]]: ...
+
+def add_MediaServicer_to_server(servicer: MediaServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

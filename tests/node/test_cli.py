@@ -69,6 +69,17 @@ EXPECTED_FIGURES = {
         "reserve_ms_p99_cross",
         "calls_routed_per_s",
     },
+    "media": {
+        "bridged_calls_per_core_passthrough",
+        "bridged_calls_per_core_transcode",
+        "bridged_calls_per_core_stock_aiortc",
+        "cpu_ms_per_call_second",
+        "setup_ms_p50",
+        "setup_ms_p99",
+        "setup_ms_p99_burst",
+        "passthrough_calls_measured",
+        "passthrough_node_cpu_percent",
+    },
 }
 
 

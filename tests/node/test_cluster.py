@@ -31,9 +31,24 @@ async def eventually(
 
 
 class Client:
+    """HTTP to a LocalCluster's nodes as its admin: the admin's token goes into `http`'s default
+    headers, so raw `client.http.get(...)` calls are authenticated too."""
+
     def __init__(self, cluster: LocalCluster, http: aiohttp.ClientSession) -> None:
         self.cluster = cluster
         self.http = http
+        self.token = cluster.credentials.token("admin")
+        http.headers["Authorization"] = f"Bearer {self.token}"
+
+    async def login_user(self, node_id: str, user: str) -> str:
+        """POST /login as a sample user (node/sampleusers.py) with its password: its token."""
+        password = self.cluster.credentials.passwords[user]
+        async with self.http.post(
+            self.url(node_id, "/login"), json={"user": user, "password": password}
+        ) as response:
+            body = await response.json()
+            assert response.status == 200, body
+            return str(body["token"])
 
     def url(self, node_id: str, path: str) -> str:
         return f"http://{self.cluster.plans[node_id].http}{path}"

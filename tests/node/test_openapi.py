@@ -7,14 +7,20 @@ from typing import Any, cast
 from node.calls_api import add_call_routes
 from node.events import EventHub
 from node.http_api import make_app
+from node.ivr_api import add_ivr_routes
+from node.media_api import add_media_routes
 from node.openapi import document
 from registry.registry import Registry
+from sip.phone_api import add_phone_routes
 
 
 def served_routes() -> set[tuple[str, str]]:
     unused = cast(Any, None)  # routes are only registered here, never called
     app = make_app(Registry("n1"), unused, unused, faults=cast(Any, object()))
     add_call_routes(app, unused, unused, unused, Registry("n1"), EventHub())
+    add_media_routes(app, unused, unused)
+    add_phone_routes(app, unused, unused)
+    add_ivr_routes(app, unused, unused, unused, unused)
     return {
         (route.resource.canonical, route.method.lower())
         for route in app.router.routes()

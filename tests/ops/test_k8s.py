@@ -231,7 +231,8 @@ def test_each_site_runs_three_etcd_members_spread_over_hosts_and_kept_in_quorum(
     major, minor = (int(part) for part in image.rsplit(":v", 1)[1].split(".")[:2])
     assert (major, minor) >= (3, 6), image
     members = next(a for a in pod["spec"]["containers"][0]["args"] if "initial-cluster=" in a)
-    assert members.count("=http://") == 3
+    assert members.count("=https://") == 3  # members talk TLS with the site's etcd CA
+    assert "--client-cert-auth" in pod["spec"]["containers"][0]["args"]
 
 
 @pytest.mark.parametrize("site", SITES)
@@ -281,8 +282,12 @@ def test_the_site_settings_make_a_valid_node_config(
     assert config.site == site
     assert config.trust.name.lower() == ("partner" if site == "partner-c" else "inhouse")
     assert len(config.etcd_endpoints) == 3
-    others = {s for s in SITES if s != site}
+    # in-house gateways dial in-house gateways only; a partner dials every in-house one
+    others = {s for s in SITES if s != site and (site == "partner-c" or s != "partner-c")}
     assert {g.split(".")[1] for g in config.remote_gateways} == others
+    assert config.tls_cert  # mutual TLS between nodes
+    assert config.etcd_cert  # TLS with a client certificate to the site's etcd
+    assert all(url.startswith("https://") for url in config.etcd_endpoints)
 
 
 @pytest.mark.parametrize("site", SITES)

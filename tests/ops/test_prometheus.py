@@ -31,7 +31,9 @@ async def test_prometheus_scrapes_two_nodes_and_answers_agents_by_state(
     sites = [SitePlan("site-a", "inhouse", 2)]
     async with (
         LocalCluster(sites, tmp_path / "cluster", fast=True) as cluster,
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as http,
+        aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=3), headers=cluster.credentials.headers()
+        ) as http,
     ):
         n1, n2 = (cluster.plans[node_id].http for node_id in ("site-a-n1", "site-a-n2"))
 

@@ -1,0 +1,116 @@
+"""The Media gRPC service (node-to-node legs, protos/calls.proto) and the link that calls it on
+other nodes. Protobuf messages stop here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import grpc
+
+from node.transport import PLAIN, Transport
+from protos import calls_pb2 as pb
+from protos import calls_pb2_grpc as pb_grpc
+from registry.errors import InvalidRecord
+from registry.records import check_id
+from registry.registry import Registry
+
+_ADDRESS_MAX = 64
+
+
+class NoMedia(Exception):
+    """The agent has no media session on its home node (or no offer of that call)."""
+
+    code = "no_media"
+
+
+class HomeMedia(Protocol):
+    """An agent's home node, as a call's owner needs it for media."""
+
+    async def open_leg(self, call_id: str, agent_id: str, owner_address: str) -> str: ...
+
+    async def close_leg(self, call_id: str, agent_id: str) -> None: ...
+
+
+class MediaServicer(pb_grpc.MediaServicer):
+    def __init__(self, plane: Callable[[], HomeMedia | None]) -> None:
+        self._plane = plane
+
+    async def _need(self, context: grpc.aio.ServicerContext) -> HomeMedia:
+        plane = self._plane()
+        if plane is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "node starting")
+        assert plane is not None
+        return plane
+
+    async def Open(
+        self, request: pb.MediaOpenRequest, context: grpc.aio.ServicerContext
+    ) -> pb.MediaOpenReply:
+        plane = await self._need(context)
+        try:
+            check_id("call_id", request.call_id)
+            check_id("agent_id", request.agent_id)
+            if not 0 < len(request.address) <= _ADDRESS_MAX or ":" not in request.address:
+                raise InvalidRecord("address must be host:port")
+        except InvalidRecord as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise
+        try:
+            address = await plane.open_leg(request.call_id, request.agent_id, request.address)
+        except NoMedia as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+            raise
+        return pb.MediaOpenReply(address=address)
+
+    async def Close(
+        self, request: pb.MediaCloseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Empty:
+        plane = await self._need(context)
+        await plane.close_leg(request.call_id, request.agent_id)
+        return pb.Empty()
+
+
+class MediaLink:
+    """Reach the Media service of any node by id (its gossiped gRPC address), or this node's
+    own plane directly."""
+
+    def __init__(self, registry: Registry, timeout_s: float, transport: Transport = PLAIN) -> None:
+        self._registry = registry
+        self._timeout_s = timeout_s
+        self._transport = transport
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _stub(self, node_id: str) -> pb_grpc.MediaStub:
+        info = self._registry.node(node_id)
+        if info is None or not info.up:
+            raise ConnectionError(f"no address known for node {node_id}")
+        channel = self._channels.get(info.grpc)
+        if channel is None:
+            channel = self._channels[info.grpc] = self._transport.channel(info.grpc)
+        return pb_grpc.MediaStub(channel)
+
+    async def open_leg(self, node_id: str, call_id: str, agent_id: str, address: str) -> str:
+        """Ask `node_id` to bridge its agent's leg to RTP at `address`; its own address."""
+        try:
+            reply = await self._stub(node_id).Open(
+                pb.MediaOpenRequest(call_id=call_id, agent_id=agent_id, address=address),
+                timeout=self._timeout_s,
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() is grpc.StatusCode.FAILED_PRECONDITION:
+                raise NoMedia(str(error.details())) from None
+            raise ConnectionError(f"{error.code().name}: {error.details()}") from None
+        return str(reply.address)
+
+    async def close_leg(self, node_id: str, call_id: str, agent_id: str) -> None:
+        try:
+            await self._stub(node_id).Close(
+                pb.MediaCloseRequest(call_id=call_id, agent_id=agent_id), timeout=self._timeout_s
+            )
+        except grpc.aio.AioRpcError as error:
+            raise ConnectionError(f"{error.code().name}: {error.details()}") from None
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()

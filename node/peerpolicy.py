@@ -1,0 +1,140 @@
+"""What a peer node may do, by the identity its certificate proves (pure; no grpc, no I/O).
+
+In-house peers are trusted with everything the protocol allows. A partner site's node
+(semi-trusted) may only:
+- deliver registry entries of its own site: agent records whose agent and home node belong to its
+  site and say trust partner, queue summaries of its own nodes, its own nodes' addresses. Entries
+  of other sites it relays are dropped (each in-house site learns them from in-house gateways);
+- reserve agents of its own site, or of the sites `partner_scopes` lists for it
+  ("PARTNER=SITE"), and only for calls its site's nodes own;
+- report what an agent did, or ask for a waiting call for an agent, only for agents homed at its
+  site.
+Rights are a site's: a certificate names a site and its trust (its CN may be the node or the
+site), and node ids are mapped to sites through the registry, whose node entries a partner can
+only write for its own site.
+Customer fields are cut by the *receiving* node's certificate: node/calls_rpc.py sends a record
+cut for in-house eyes only over a channel pinned to in-house certificates (node/transport.py).
+A peer identity of None means plain gRPC (no TLS: development and unit tests), which has no
+identities to check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from node.ca import Identity
+from registry.records import AgentRecord, NodeInfo, Trust
+from registry.sync import Delta
+
+
+class RegistryView(Protocol):
+    def agent(self, agent_id: str) -> AgentRecord | None: ...
+
+    def node(self, node_id: str) -> NodeInfo | None: ...
+
+
+def parse_scopes(pairs: Iterable[str]) -> frozenset[tuple[str, str]]:
+    """NodeConfig.partner_scopes ("PARTNER=SITE") as (partner site, site) pairs."""
+    return frozenset((p, s) for p, _, s in (pair.partition("=") for pair in pairs))
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    delta: Delta
+    dropped: int
+
+
+def _trusted(peer: Identity | None) -> bool:
+    return peer is None or peer.trust is Trust.INHOUSE
+
+
+def admit(peer: Identity | None, delta: Delta, view: RegistryView) -> Admitted:
+    """The part of a pushed delta this peer may write (a partner: its own site's entries)."""
+    if _trusted(peer):
+        return Admitted(delta, 0)
+    assert peer is not None
+    site = peer.site
+
+    def ours(node_id: str) -> bool:
+        known = view.node(node_id)
+        return known.site == site if known is not None else node_id in new_nodes
+
+    nodes = tuple(
+        n
+        for n in delta.nodes
+        if n.site == site
+        and n.trust is Trust.PARTNER
+        and ((known := view.node(n.node_id)) is None or known.site == site)
+    )
+    new_nodes = {n.node_id for n in nodes}
+    agents = tuple(
+        a
+        for a in delta.agents
+        if a.site == site
+        and a.trust is Trust.PARTNER
+        and ours(a.home_node)
+        and ((known_agent := view.agent(a.agent_id)) is None or known_agent.site == site)
+    )
+    queues = tuple(q for q in delta.queues if ours(q.node))
+    kept = replace(delta, agents=agents, queues=queues, nodes=nodes)
+    return Admitted(kept, len(delta) - len(kept))
+
+
+def _site_of(view: RegistryView, node_id: str) -> str | None:
+    known = view.node(node_id)
+    return known.site if known is not None else None
+
+
+def may_reserve(
+    peer: Identity | None,
+    call_owner: str,
+    home_site: str,
+    scopes: frozenset[tuple[str, str]],
+    view: RegistryView,
+) -> str | None:
+    """None when the peer may reserve an agent of `home_site` for a call `call_owner` owns;
+    else why not. The owner must be a node of the peer's site (a certificate names a site; it may
+    be one for the whole site, so node ids are checked through the registry)."""
+    if _trusted(peer):
+        return None
+    assert peer is not None
+    if _site_of(view, call_owner) != peer.site:
+        return f"site {peer.site} may reserve only for calls its nodes own, not {call_owner!r:.70}"
+    if home_site != peer.site and (peer.site, home_site) not in scopes:
+        return f"partner site {peer.site} may not reserve agents of site {home_site}"
+    return None
+
+
+def may_speak_for(peer: Identity | None, agent_id: str, view: RegistryView) -> str | None:
+    """None when the agent is homed at the peer's site (reports, pulls); else why not."""
+    if _trusted(peer):
+        return None
+    assert peer is not None
+    record = view.agent(agent_id)
+    if record is None or record.site != peer.site or _site_of(view, record.home_node) != peer.site:
+        return f"site {peer.site} is not the home of agent {agent_id!r:.70}"
+    return None
+
+
+def may_pull(
+    peer: Identity | None, agent_id: str, home_node: str, view: RegistryView
+) -> str | None:
+    """None when the peer may ask for a waiting call for `agent_id` at `home_node`."""
+    if _trusted(peer):
+        return None
+    assert peer is not None
+    if _site_of(view, home_node) != peer.site:
+        return f"site {peer.site} may ask for calls only for its own nodes' agents"
+    return may_speak_for(peer, agent_id, view)
+
+
+def may_release(peer: Identity | None, call_owner: str, view: RegistryView) -> str | None:
+    """None when the peer may release an agent from a call `call_owner` owns (its site's)."""
+    if _trusted(peer):
+        return None
+    assert peer is not None
+    if _site_of(view, call_owner) != peer.site:
+        return f"site {peer.site} may release agents only from its own nodes' calls"
+    return None

@@ -1,0 +1,57 @@
+"""Chaos schedules end to end: a short one by default, longer ones marked slow. The checker must
+find no violation of I1-I4 and a quiet end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chaos.runner import Options, run_schedule
+
+
+async def test_a_short_schedule_of_every_fault_kind_breaks_no_invariant(tmp_path: Path) -> None:
+    lines: list[str] = []
+    result = await run_schedule(
+        7, Options(duration_s=30, faults=5, root=tmp_path, say=lines.append)
+    )
+    assert result.violations == (), "\n".join(lines)
+    assert sum(result.faults.values()) >= 4, lines
+    assert result.calls_placed > 10
+    assert result.checked["reservations"] > 0  # the reservation logs were written and read
+    assert result.checked["slot_events"] > 0  # and the etcd history of the slots
+    assert result.converged_after_s is not None
+    assert lines[0].startswith("schedule seed=7")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "seed",
+    [
+        11,
+        12,
+        pytest.param(
+            13,
+            marks=pytest.mark.xfail(
+                strict=False,
+                reason="open finding: once in a run, an agent of site-b was left reserved after "
+                "its home was paused and the owner (partner-c-n1) killed; not yet explained",
+            ),
+        ),
+    ],
+)
+async def test_longer_schedules_break_no_invariant(tmp_path: Path, seed: int) -> None:
+    lines: list[str] = []
+    result = await run_schedule(seed, Options(duration_s=90, root=tmp_path, say=lines.append))
+    assert result.violations == (), "\n".join(lines)
+
+
+def test_the_command_refuses_a_run_without_schedules_or_time(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from node.cli import parser
+
+    for argv in (["chaos", "--schedules", "0"], ["chaos", "--duration", "5"]):
+        args = parser().parse_args(argv)
+        assert args.run(args) == 2
+    assert "--schedules must be >= 1" in capsys.readouterr().err
