@@ -90,6 +90,8 @@ class AgentDesk:
         self._events = events or EventHub()
         self.offers: dict[str, dict[str, Offer]] = {}  # agent id -> call id -> offer
         self._missed: dict[str, int] = {}
+        # agent -> (call, owner node, epoch) of the call its wrap-up follows, for the disposition
+        self._wrapping: dict[str, tuple[str, str, int]] = {}
         self._pulling: dict[str, str] = {}  # agent id -> the owner node it is held for
         self.draining = False  # set on SIGTERM: agents finish their calls and take no new ones
         # called with (agent id, call id) when an agent leaves a call (media unbridges here)
@@ -194,6 +196,7 @@ class AgentDesk:
         active = max(0, record.active_calls - 1)
         if reason is ReleaseReason.ENDED:
             state, why = AgentState.WRAP_UP, ""
+            self._wrapping[agent_id] = (call_id, offer.call.owner_node, offer.epoch)
             self._tasks.spawn(self._end_wrap_up(agent_id, offer.wrap_up_s), f"wrap-up {agent_id}")
         elif reason is ReleaseReason.MISSED:
             self._missed[agent_id] = self._missed.get(agent_id, 0) + 1
@@ -312,12 +315,28 @@ class AgentDesk:
             await self.release(call_id, agent_id, ReleaseReason.CANCELLED)
         return verdict
 
-    def finish_wrap_up(self, agent_id: str) -> None:
+    async def finish_wrap_up(self, agent_id: str, disposition: str = "") -> Verdict:
+        """End the agent's wrap-up; a disposition goes to the call's owner, onto the agent's leg
+        of the call the wrap-up follows. The agent is available again either way; the verdict
+        says whether the disposition was stored."""
         record = self._sessions.held_record(agent_id)
         if record.state is not AgentState.WRAP_UP:
             raise NotHeldHere(f"agent {agent_id} is not in wrap-up")
         self._sessions.write(replace(record, state=AgentState.AVAILABLE, state_since_ms=wall_ms()))
         self.freed(agent_id)
+        last = self._wrapping.pop(agent_id, None)
+        if not disposition:
+            return Verdict(True)
+        if last is None:
+            return Verdict(False, "no ended call to give the disposition to")
+        call_id, owner, epoch = last
+        try:
+            return await self._link.owner(owner).report(
+                call_id, agent_id, AgentAction.DISPOSITION, epoch, notes=disposition
+            )
+        except ConnectionError as error:
+            log.warning("agent %s: disposition of call %s not stored: %s", agent_id, call_id, error)
+            return Verdict(False, f"the call's node {owner} is unreachable")
 
     async def _end_wrap_up(self, agent_id: str, wrap_up_s: float) -> None:
         await asyncio.sleep(wrap_up_s)
@@ -326,7 +345,7 @@ class AgentDesk:
         except SessionError:
             return
         if record.state is AgentState.WRAP_UP and record.active_calls == 0:
-            self.finish_wrap_up(agent_id)
+            await self.finish_wrap_up(agent_id)
 
     # -- the watchdog: calls whose owner died ------------------------------------------------
 

@@ -237,7 +237,9 @@ class Node:
                 config.caller_burst,
             )
             app = make_app(self.registry, sessions, self, faults, auth)
-            add_call_routes(app, board, desk, records, self.registry, hub, self.media)
+            add_call_routes(
+                app, board, desk, records, self.registry, hub, self.media, ivr.estimated_wait_s
+            )
             add_media_routes(app, self.media, desk)
             add_phone_routes(app, self.sip.phones if self.sip is not None else None, desk)
             add_ivr_routes(app, ivr, desk, records, shipped_prompts_dir())

@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import io
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -35,9 +36,12 @@ from registry.registry import Registry
 
 MAX_CALLER = 128
 MAX_NOTES = 2000
+MAX_DISPOSITION = 100
 
 
-def call_json(call: Call, position: int = 0) -> dict[str, Any]:
+def call_json(
+    call: Call, position: int = 0, estimated_wait_s: float | None = None
+) -> dict[str, Any]:
     return {
         "call_id": call.call_id,
         "owner_node": call.owner_node,
@@ -52,6 +56,7 @@ def call_json(call: Call, position: int = 0) -> dict[str, Any]:
         "notes": call.notes,
         "escalations": call.escalations,
         "position": position,
+        "estimated_wait_s": estimated_wait_s,  # None until the queue's pace is known here
         "entry": call.entry,
         "ivr_ms": call.ivr_ms,
     }
@@ -65,6 +70,7 @@ def add_call_routes(
     registry: Registry,
     hub: EventHub,
     media: MediaPlane | None = None,
+    estimate: Callable[[Call], float | None] = lambda call: None,
 ) -> None:
     async def start(request: web.Request) -> web.Response:
         body = await _body(request)
@@ -89,7 +95,7 @@ def add_call_routes(
         call_id = request.match_info["call_id"]
         live = board.calls.get(call_id)
         if live is not None:
-            shown = call_json(live, board.position(live))
+            shown = call_json(live, board.position(live), estimate(live))
             return web.json_response({**shown, "events": records.events(call_id)})
         row = records.call(call_id)
         if row is None:
@@ -163,8 +169,21 @@ def add_call_routes(
         )
 
     async def wrap_up_done(request: web.Request) -> web.Response:
-        desk.finish_wrap_up(agent_id_from(request))
-        return web.json_response({"state": "available"})
+        agent = agent_id_from(request)
+        body = await _body(request)
+        disposition, notes = body.get("disposition", ""), body.get("notes", "")
+        if not isinstance(disposition, str) or not isinstance(notes, str):
+            raise BadRequest('disposition and notes must be strings, e.g. {"disposition": "x"}')
+        if len(disposition) > MAX_DISPOSITION or len(notes) > MAX_NOTES:
+            raise BadRequest(
+                f"disposition must be at most {MAX_DISPOSITION} characters, notes {MAX_NOTES}"
+            )
+        text = f"{disposition}: {notes}" if disposition and notes else disposition or notes
+        verdict = await desk.finish_wrap_up(agent, text)
+        reply: dict[str, Any] = {"state": "available", "disposition_saved": verdict.accepted}
+        if not verdict.accepted:
+            reply["reason"] = verdict.reason
+        return web.json_response(reply)
 
     async def events(request: web.Request) -> web.StreamResponse:
         agent = agent_id_from(request)

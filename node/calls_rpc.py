@@ -44,6 +44,7 @@ _ACTION_TO_WIRE = {
     AgentAction.CONSULT: pb.AGENT_ACTION_CONSULT,
     AgentAction.HANDOVER: pb.AGENT_ACTION_HANDOVER,
     AgentAction.DIGITS: pb.AGENT_ACTION_DIGITS,
+    AgentAction.DISPOSITION: pb.AGENT_ACTION_DISPOSITION,
 }
 _ACTION_FROM_WIRE = {wire: action for action, wire in _ACTION_TO_WIRE.items()}
 MAX_TEXT = 4096

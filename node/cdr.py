@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS legs (
     ended_ms    INTEGER NOT NULL DEFAULT 0,
     result      TEXT NOT NULL DEFAULT '',
     kind        TEXT NOT NULL DEFAULT 'agent',
+    disposition TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (call_id, seq)
 );
 CREATE TABLE IF NOT EXISTS call_events (
@@ -110,6 +111,7 @@ class Leg:
     ended_ms: int
     result: str
     kind: str = "agent"
+    disposition: str = ""  # the agent's word on how the call went, given in wrap-up
 
 
 class CallRecords:
@@ -141,6 +143,8 @@ class CallRecords:
         legs = {row[1] for row in self._db.execute("PRAGMA table_info(legs)")}
         if "kind" not in legs:
             self._db.execute("ALTER TABLE legs ADD COLUMN kind TEXT NOT NULL DEFAULT 'agent'")
+        if "disposition" not in legs:
+            self._db.execute("ALTER TABLE legs ADD COLUMN disposition TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         self._db.close()
@@ -249,6 +253,15 @@ class CallRecords:
             (answered_ms, ended_ms, result, result, call_id, agent_id, call_id, agent_id),
         )
 
+    def set_disposition(self, call_id: str, agent_id: str, disposition: str) -> bool:
+        """The agent's disposition on its last answered leg of the call; False when it has none."""
+        changed = self._db.execute(
+            "UPDATE legs SET disposition = ? WHERE call_id = ? AND agent_id = ? AND seq = "
+            "(SELECT MAX(seq) FROM legs WHERE call_id = ? AND agent_id = ? AND answered_ms > 0)",
+            (disposition, call_id, agent_id, call_id, agent_id),
+        ).rowcount
+        return changed > 0
+
     def call(self, call_id: str) -> dict[str, Any] | None:
         row = self._db.execute(
             f"SELECT {', '.join(COLUMNS)} FROM calls WHERE call_id = ?", (call_id,)
@@ -324,7 +337,7 @@ class CallRecords:
     def legs(self, call_id: str) -> list[Leg]:
         rows = self._db.execute(
             "SELECT call_id, seq, agent_id, agent_node, offered_ms, answered_ms, ended_ms, result, "
-            "kind "
+            "kind, disposition "
             "FROM legs WHERE call_id = ? ORDER BY seq",
             (call_id,),
         ).fetchall()

@@ -45,6 +45,7 @@ class AgentAction(enum.Enum):
     CONSULT = "consult"  # warm: ask an agent of another queue to join, with notes
     HANDOVER = "handover"  # warm: leave the call to the consulted agent
     DIGITS = "digits"  # the agent's keypad: DTMF (in `notes`) for the call's hook
+    DISPOSITION = "disposition"  # in wrap-up: how the call went (in `notes`), for its leg
 
 
 @dataclass(frozen=True, slots=True)

@@ -147,7 +147,20 @@ PATHS: dict[str, dict[str, Any]] = {
             "Warm escalation: leave the call to the consulted agent, who has answered", tag="agents"
         )
     },
-    "/agents/{agent_id}/wrap-up/done": {"post": _op("End wrap-up early", tag="agents")},
+    "/agents/{agent_id}/wrap-up/done": {
+        "post": _op(
+            "End wrap-up; a disposition (and notes) go onto the agent's leg of the call in the "
+            "call records; disposition_saved says whether they were stored",
+            body={
+                "type": "object",
+                "properties": {
+                    "disposition": {"type": "string", "maxLength": 100},
+                    "notes": {"type": "string", "maxLength": 2000},
+                },
+            },
+            tag="agents",
+        )
+    },
     "/agents/{agent_id}/media": {
         "get": _op("The agent's media leg: packets, loss, jitter, round trip", tag="agents"),
         "post": _op(
@@ -193,7 +206,9 @@ PATHS: dict[str, dict[str, Any]] = {
             tag="callers",
         )
     },
-    "/calls/{call_id}": {"get": _op("A call: state, position, agent", tag="callers")},
+    "/calls/{call_id}": {
+        "get": _op("A call: state, position, estimated wait, agent", tag="callers")
+    },
     "/calls/{call_id}/hangup": {"post": _op("The caller hangs up", tag="callers")},
     "/calls/{call_id}/media": {
         "get": _op(

@@ -279,6 +279,10 @@ class Switchboard:
         queue: str = "",
         notes: str = "",
     ) -> Verdict:
+        if action is AgentAction.DISPOSITION:  # in wrap-up: the call has usually ended
+            if not self._records.set_disposition(call_id, agent_id, notes):
+                return Verdict(False, f"agent {agent_id} answered no call {call_id} here")
+            return Verdict(True)
         call = self.calls.get(call_id)
         if call is not None and call.consult_agent == agent_id and call.consult_epoch == epoch:
             return self._consulted(call, action)

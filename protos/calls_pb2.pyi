@@ -68,6 +68,8 @@ class _AgentActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentActi
     """warm: leave the call to the consulted agent"""
     AGENT_ACTION_DIGITS: _AgentAction.ValueType  # 8
     """the agent's keypad: DTMF `notes` for the call's hook"""
+    AGENT_ACTION_DISPOSITION: _AgentAction.ValueType  # 9
+    """after the call, in wrap-up: the agent's disposition (`notes`)"""
 
 class AgentAction(_AgentAction, metaclass=_AgentActionEnumTypeWrapper):
     """Home -> owner: the agent answered, rejected or hung up."""
@@ -86,6 +88,8 @@ AGENT_ACTION_HANDOVER: AgentAction.ValueType  # 7
 """warm: leave the call to the consulted agent"""
 AGENT_ACTION_DIGITS: AgentAction.ValueType  # 8
 """the agent's keypad: DTMF `notes` for the call's hook"""
+AGENT_ACTION_DISPOSITION: AgentAction.ValueType  # 9
+"""after the call, in wrap-up: the agent's disposition (`notes`)"""
 Global___AgentAction: _TypeAlias = AgentAction  # noqa: Y015
 
 @_typing.final

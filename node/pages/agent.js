@@ -348,8 +348,13 @@ async function wrapUp(event) {
     call_id: desk.last?.call_id ?? "",
   };
   await busy($("#wrapup-done"), $("#phone-error"), async () => {
-    await api.post(path("/wrap-up/done"), body);
-    log(`Wrapped up: ${form.disposition.selectedOptions[0].textContent}`);
+    const reply = await api.post(path("/wrap-up/done"), body);
+    const chosen = form.disposition.selectedOptions[0].textContent;
+    log(
+      reply?.disposition_saved === false
+        ? `Wrapped up (${chosen}), but the disposition was not stored: ${reply.reason}`
+        : `Wrapped up: ${chosen}`,
+    );
     form.reset();
     desk.last = null;
     render();

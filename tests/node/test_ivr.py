@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from node.callstate import Call, CallState
+from node.calls_api import call_json
+from node.callstate import Call, CallEvent, CallState
 from node.cdr import CallRecords
 from node.entries import EntryPoint
 from node.exchange import AgentAction
@@ -459,3 +460,18 @@ async def test_a_fault_in_the_ivr_itself_still_gets_the_caller_the_fallback(rig:
     call = await rig.board.arrive("", "+1", entry="main")
     await until(lambda: state(rig, call) is CallState.WAITING)
     assert rig.board.calls[call.call_id].queue == "support"
+
+
+async def test_the_estimated_wait_is_the_position_times_the_queues_recent_pace(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waiting = await rig.board.arrive("sales", "+4930999")  # no agent: it waits, number 1
+    assert rig.ivr.estimated_wait_s(waiting) is None  # no answers yet: no pace to go by
+    clock = iter([1_000_000, 1_030_000])  # two answers of the queue, 30 s apart
+    monkeypatch.setattr("node.ivr.wall_ms", lambda: next(clock))
+    for _ in range(2):
+        rig.ivr.observe(waiting, CallEvent.ANSWER, waiting)
+    assert rig.board.position(waiting) == 1
+    assert rig.ivr.estimated_wait_s(waiting) == pytest.approx(30.0)
+    shown = call_json(waiting, rig.board.position(waiting), rig.ivr.estimated_wait_s(waiting))
+    assert shown["estimated_wait_s"] == pytest.approx(30.0)

@@ -211,6 +211,9 @@ async def test_an_agent_takes_escalates_and_wraps_up_a_call_from_the_caller_page
         )
         _, record = await client.get(OWNER, f"/records/{call_id}")
         assert record["call"]["outcome"] == "abandoned"
+        assert [(leg["agent_id"], leg["disposition"]) for leg in record["legs"]] == [
+            ("ben", "escalated")
+        ]
         assert [(leg["agent_id"], leg["result"]) for leg in record["legs"]] == [
             ("ben", "escalated")
         ]
