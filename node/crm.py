@@ -18,22 +18,21 @@ call goes on without a screen pop.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime
 import enum
 import json
 import logging
-import os
 import re
 import shlex
-import signal
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from node.program import run_program
 from registry.records import Trust
 
 log = logging.getLogger(__name__)
@@ -391,12 +390,6 @@ class SqliteDirectory:
         )
 
 
-_REAP_S = 1.0
-"""How long a killed program's pipes may take to close before the run is abandoned."""
-_STDERR_TAIL = 4096
-_CHUNK = 65536
-
-
 class ScriptDirectory:
     """An operator's program as the directory, run as a web server runs CGI.
 
@@ -446,105 +439,17 @@ class ScriptDirectory:
 
     async def _run(self, number: str, payload: bytes) -> bytes | None:
         """The program's stdout, or None (warned) when the run failed."""
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *self.argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-            )
-        except OSError as error:
-            self._warn(number, f"could not start: {error}")
-            return None
-        run = asyncio.ensure_future(self._exchange(process, payload))  # awaited or cancelled here
-        timed_out = False
-        try:
-            try:
-                code, stdout, overflow, stderr = await asyncio.wait_for(
-                    asyncio.shield(run), self.timeout_s
-                )
-            except TimeoutError:
-                timed_out = True
-                _kill_group(process)
-                code, stdout, overflow, stderr = await asyncio.wait_for(run, _REAP_S)
-        except TimeoutError:
-            self._warn(number, f"killed after {self.timeout_s} s, but its output stayed open")
-            return None
-        except asyncio.CancelledError:
-            _kill_group(process)
-            run.cancel()
-            raise
-        if timed_out:
-            self._warn(number, f"did not answer within {self.timeout_s} s; killed")
-        elif overflow:
-            self._warn(number, f"printed more than {self.max_output} bytes; killed")
-        elif code != 0:
-            self._warn(number, f"exited with code {code}{_last_line(stderr)}")
-        else:
-            return stdout
-        return None
-
-    async def _exchange(
-        self, process: asyncio.subprocess.Process, payload: bytes
-    ) -> tuple[int, bytes, bool, bytes]:
-        assert process.stdin is not None
-        assert process.stdout is not None
-        assert process.stderr is not None
-        _, (stdout, overflow), stderr = await asyncio.gather(
-            _feed(process.stdin, payload),
-            _read_head(process.stdout, self.max_output, lambda: _kill_group(process)),
-            _read_tail(process.stderr, _STDERR_TAIL),
+        run = await run_program(
+            self.argv,
+            payload,
+            deadline=time.monotonic() + self.timeout_s,
+            timeout_s=self.timeout_s,
+            max_output=self.max_output,
         )
-        return await process.wait(), stdout, overflow, stderr
-
-
-def _kill_group(process: asyncio.subprocess.Process) -> None:
-    """SIGKILL the program's session (its pid is the group's id), children included."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-
-
-async def _feed(stdin: asyncio.StreamWriter, payload: bytes) -> None:
-    try:
-        stdin.write(payload)
-        await stdin.drain()
-    except (BrokenPipeError, ConnectionResetError, RuntimeError):
-        # the program did not read its input (uvloop says RuntimeError: the handler is closed):
-        # its answer still decides
-        pass
-    finally:
-        with contextlib.suppress(RuntimeError):
-            stdin.close()
-
-
-async def _read_head(
-    stream: asyncio.StreamReader, limit: int, on_overflow: Callable[[], None]
-) -> tuple[bytes, bool]:
-    """The first `limit` bytes and whether more came; reads to the end so the pipe closes."""
-    data = bytearray()
-    overflow = False
-    while chunk := await stream.read(_CHUNK):
-        if overflow:
-            continue
-        data += chunk
-        if len(data) > limit:
-            overflow = True
-            del data[limit:]
-            on_overflow()
-    return bytes(data), overflow
-
-
-async def _read_tail(stream: asyncio.StreamReader, limit: int) -> bytes:
-    data = b""
-    while chunk := await stream.read(_CHUNK):
-        data = (data + chunk)[-limit:]
-    return data
-
-
-def _last_line(stderr: bytes) -> str:
-    lines = stderr.decode(errors="replace").strip().splitlines()
-    return f": {lines[-1][:200]}" if lines else ""
+        if run.error:
+            self._warn(number, run.error)
+            return None
+        return run.output
 
 
 def directory_from(spec: str, data_dir: Path) -> Directory:

@@ -9,11 +9,8 @@ set, and the caller applies the entry point's fallback.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,14 +18,11 @@ import aiohttp
 
 from node.entries import EntryPoint
 from node.hooks import Action, HookEvent, HookOutputError, parse_actions
+from node.program import LATE, run_program
 
 MAX_RUNNING = 64
 """Hook programs and webhook calls one node runs at once; more wait (within their timeout)."""
-_CHUNK = 16 * 1024
-_STDERR_TAIL = 4096
-_REAP_S = 1.0
 _PATH = "/usr/local/bin:/usr/bin:/bin"
-_LATE = "did not answer within"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +69,7 @@ class ProgramHook:
             error, output = f"run failed: {unexpected!r}", b""
         seconds = time.monotonic() - started
         if error:
-            return HookResult(error=error, seconds=seconds, timed_out=error.startswith(_LATE))
+            return HookResult(error=error, seconds=seconds, timed_out=error.startswith(LATE))
         try:
             return HookResult(parse_actions(output), seconds=seconds)
         except HookOutputError as bad:
@@ -86,65 +80,21 @@ class ProgramHook:
         try:
             await asyncio.wait_for(self._gate.acquire(), max(0.0, deadline - time.monotonic()))
         except TimeoutError:
-            return f"{_LATE} {entry.timeout_s:g} s: {MAX_RUNNING} hooks were running", b""
+            return f"{LATE} {entry.timeout_s:g} s: {MAX_RUNNING} hooks were running", b""
         try:
             env = {"PATH": os.environ.get("PATH", _PATH), "LANG": "C.UTF-8"}
             env.update(event.environment())
-            try:
-                process = await asyncio.create_subprocess_exec(
-                    *entry.program,
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
-                    env=env,
-                    start_new_session=True,
-                )
-            except (OSError, ValueError) as error:
-                return f"could not start {entry.program[0]!r}: {error}", b""
-            return await self._exchange(process, event.payload(), deadline)
+            run = await run_program(
+                entry.program,
+                event.payload(),
+                deadline=deadline,
+                timeout_s=entry.timeout_s,
+                max_output=entry.max_output_bytes,
+                env=env,
+            )
+            return run.error, run.output
         finally:
             self._gate.release()
-
-    async def _exchange(
-        self, process: asyncio.subprocess.Process, payload: bytes, deadline: float
-    ) -> tuple[str, bytes]:
-        assert process.stdin is not None
-        assert process.stdout is not None
-        assert process.stderr is not None
-        limit = self.entry.max_output_bytes
-
-        async def talk() -> tuple[int, bytes, bool, bytes]:
-            assert process.stdin is not None
-            assert process.stdout is not None
-            assert process.stderr is not None
-            _, (stdout, overflow), stderr = await asyncio.gather(
-                _feed(process.stdin, payload),
-                _read_head(process.stdout, limit, lambda: _kill_group(process)),
-                _read_tail(process.stderr, _STDERR_TAIL),
-            )
-            return await process.wait(), stdout, overflow, stderr
-
-        run = asyncio.ensure_future(talk())
-        try:
-            try:
-                code, stdout, overflow, stderr = await asyncio.wait_for(
-                    asyncio.shield(run), max(0.0, deadline - time.monotonic())
-                )
-            except TimeoutError:
-                _kill_group(process)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(run, _REAP_S)
-                run.cancel()
-                return f"{_LATE} {self.entry.timeout_s:g} s; killed", b""
-        except asyncio.CancelledError:
-            _kill_group(process)
-            run.cancel()
-            raise
-        if overflow:
-            return f"printed more than {limit} bytes; cut and killed", b""
-        if code != 0:
-            return f"exited with code {code}{_last_line(stderr)}", b""
-        return "", stdout
 
 
 class WebHook:
@@ -162,7 +112,7 @@ class WebHook:
             async with asyncio.timeout(self.entry.timeout_s), self._gate:
                 body = await self._post(event)
         except TimeoutError:
-            error = f"{_LATE} {self.entry.timeout_s:g} s"
+            error = f"{LATE} {self.entry.timeout_s:g} s"
             return HookResult(error=error, seconds=time.monotonic() - started, timed_out=True)
         except (aiohttp.ClientError, OSError, ValueError) as failure:
             return HookResult(
@@ -191,56 +141,6 @@ class WebHook:
             if len(body) > limit:
                 return f"answered more than {limit} bytes; cut"
             return body
-
-
-def _kill_group(process: asyncio.subprocess.Process) -> None:
-    """SIGKILL the program's session (its pid is the group's id), children included."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-
-
-async def _feed(stdin: asyncio.StreamWriter, payload: bytes) -> None:
-    """Write the event and close stdin. A program that does not read it (it may read its
-    environment only) and has exited is no error: asyncio then raises BrokenPipeError or
-    ConnectionResetError, uvloop RuntimeError ("the handler is closed")."""
-    try:
-        if not stdin.is_closing():
-            stdin.write(payload)
-            await stdin.drain()
-    except (BrokenPipeError, ConnectionResetError, RuntimeError):
-        pass
-    finally:
-        with contextlib.suppress(RuntimeError):
-            stdin.close()
-
-
-async def _read_head(
-    stream: asyncio.StreamReader, limit: int, on_overflow: Callable[[], None]
-) -> tuple[bytes, bool]:
-    """The first `limit` bytes and whether more came; reads to the end so the pipe closes."""
-    data = bytearray()
-    overflow = False
-    while chunk := await stream.read(_CHUNK):
-        if overflow:
-            continue
-        data += chunk
-        if len(data) > limit:
-            overflow = True
-            del data[limit:]
-            on_overflow()
-    return bytes(data), overflow
-
-
-async def _read_tail(stream: asyncio.StreamReader, limit: int) -> bytes:
-    data = b""
-    while chunk := await stream.read(_CHUNK):
-        data = (data + chunk)[-limit:]
-    return data
-
-
-def _last_line(stderr: bytes) -> str:
-    lines = stderr.decode(errors="replace").strip().splitlines()
-    return f": {lines[-1][:200]}" if lines else ""
 
 
 class HookMaker(Protocol):
