@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import shutil
 import socket
 from collections.abc import Mapping
@@ -20,12 +21,27 @@ import aiohttp
 log = logging.getLogger(__name__)
 
 
+PLANNED_PORTS = range(20_000, 32_768)
+"""Where planned ports come from: below Linux's ephemeral range (32768-60999), so no outgoing
+connection on the machine takes one between the planning and the child's bind."""
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (for child processes that cannot report theirs)."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
+    """A TCP port that was free a moment ago (for child processes that cannot report theirs),
+    never the same twice in this process."""
+    for _ in range(1000):
+        port = random.choice(PLANNED_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise OSError(f"no free port in {PLANNED_PORTS.start}-{PLANNED_PORTS.stop - 1} on {host}")
 
 
 class EtcdError(RuntimeError):

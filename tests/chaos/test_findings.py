@@ -10,13 +10,14 @@ import pytest
 
 from node.agentdesk import AgentDesk, OfferError
 from node.callstate import CallState
-from node.etcd import Etcd
+from node.etcd import Etcd, EtcdUnavailable
 from node.etcd_server import EtcdServer
 from node.exchange import AgentAction, CallInfo, Desk, Owner, ReleaseReason
 from node.sessions import Profile, Sessions
 from registry.clock import HybridClock
 from registry.records import AgentState, Trust
 from registry.registry import Registry
+from tests.node.test_cluster import eventually
 from tests.node.test_switchboard import FakeDesk, board, free_agent, records, settle
 
 
@@ -177,3 +178,39 @@ async def test_a_release_after_the_session_moved_frees_the_slot_it_wrote(tmp_pat
         await desk_b.release("c2", "ann", ReleaseReason.CANCELLED)
         await desk_a.close()
         await desk_b.close()
+
+
+async def test_a_release_while_etcd_is_down_frees_the_agent_and_the_slot_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seed 13 of `callmesh chaos`: the site's etcd was down when a call's release came, freeing
+    the slot failed, the release stopped there, and the agent stayed reserved for good."""
+    async with (
+        EtcdServer("e1", tmp_path / "e1") as server,
+        Etcd([server.client_url], lease_ttl_s=5) as etcd,
+    ):
+        registry = Registry("n1", HybridClock())
+        sessions = Sessions(etcd, registry, "site-a", Trust.INHOUSE, on_write=lambda: None)
+        sessions.unfence()
+        desk = AgentDesk(etcd, registry, sessions, _NoLink(), lambda: {})
+        await sessions.login("ann", Profile(1, (("chaos", 5),), 1))
+        assert (await desk.reserve(CallInfo("c1", "n9", "chaos", "+1", 0), "ann", 30, 0)).reserved
+        slot = sessions.slot_key("ann", 0)
+        working_get = etcd.get
+
+        async def etcd_down(key: str) -> object:
+            raise EtcdUnavailable("etcd is down (test)")
+
+        monkeypatch.setattr(etcd, "get", etcd_down)
+        await desk.release("c1", "ann", ReleaseReason.CANCELLED)
+        record = registry.agent("ann")
+        assert record is not None
+        assert (record.state, record.active_calls) == (AgentState.AVAILABLE, 0)
+        monkeypatch.setattr(etcd, "get", working_get)  # etcd is back: the retry frees the slot
+
+        async def freed() -> bool:
+            return await etcd.get(slot) is None
+
+        await eventually(freed, 5, "the slot freed once etcd answers")
+        assert (await desk.reserve(CallInfo("c2", "n9", "chaos", "+2", 0), "ann", 30, 0)).reserved
+        await desk.close()
