@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from node.cdr import Leg as Leg  # one agent leg of a call, as its owner records it
+
 
 @dataclass(frozen=True, slots=True)
 class Placed:
@@ -48,21 +50,6 @@ class CallRecord:
     arrived_ms: int
     ended_ms: int
     agent_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Leg:
-    """One agent leg of a call, from its owner's records."""
-
-    call_id: str
-    seq: int
-    agent_id: str
-    agent_node: str
-    offered_ms: int
-    answered_ms: int
-    ended_ms: int
-    result: str
-    kind: str = "agent"
 
 
 @dataclass(frozen=True, slots=True)
