@@ -39,6 +39,8 @@ EXPIRY_MARGIN_S = 2.0
 SLOT_RETRY_S = 0.2
 SLOT_RETRY_MAX_S = 5.0
 """A slot etcd did not let a release free is tried again after these delays (doubling)."""
+PULL_TRIES = 3
+"""Waiting (node, queue)s a freed agent asks in turn when the best one has nothing left for it."""
 
 
 def offer_json(offer: Offer) -> dict[str, Any]:
@@ -409,35 +411,43 @@ class AgentDesk:
         self._tasks.spawn(self._pull(agent_id), f"pull {agent_id}")
 
     async def _pull(self, agent_id: str) -> None:
-        try:
-            record = self._sessions.held_record(agent_id)
-        except SessionError:
-            return
-        if record.state is not AgentState.AVAILABLE:
-            return
-        best = pick_queue(
-            self._registry.queues(),
-            record,
-            self._queues(),
-            wall_ms(),
-            agents=self._registry.agents(),
-        )
-        if best is None:
-            return
-        # Held for the owner of the oldest call while it answers, so that a newer call's owner
-        # retrying meanwhile does not take the agent first.
-        self._pulling[agent_id] = best.node
-        try:
-            offered = await self._link.owner(best.node).pull(agent_id, self.node_id, best.queue)
-        finally:
-            self._pulling.pop(agent_id, None)
-        log.info(
-            "agent %s pulled from %s/%s: %s",
-            agent_id,
-            best.node,
-            best.queue,
-            "offered" if offered else "nothing",
-        )
+        """Pull from the best waiting (node, queue) in the registry; when its owner has nothing
+        for the agent (the summary was stale: another agent took that call), from the next best,
+        up to PULL_TRIES, so that the agent does not sit idle until an owner's next retry."""
+        tried: set[tuple[str, str]] = set()
+        while len(tried) < PULL_TRIES:
+            try:
+                record = self._sessions.held_record(agent_id)
+            except SessionError:
+                return
+            if record.state is not AgentState.AVAILABLE:
+                return  # reserved meanwhile (an owner's retry), or no longer free
+            best = pick_queue(
+                (q for q in self._registry.queues() if q.key not in tried),
+                record,
+                self._queues(),
+                wall_ms(),
+                agents=self._registry.agents(),
+            )
+            if best is None:
+                return
+            tried.add(best.key)
+            # Held for the owner of the oldest call while it answers, so that a newer call's
+            # owner retrying meanwhile does not take the agent first.
+            self._pulling[agent_id] = best.node
+            try:
+                offered = await self._link.owner(best.node).pull(agent_id, self.node_id, best.queue)
+            finally:
+                self._pulling.pop(agent_id, None)
+            log.info(
+                "agent %s pulled from %s/%s: %s",
+                agent_id,
+                best.node,
+                best.queue,
+                "offered" if offered else "nothing",
+            )
+            if offered:
+                return
 
     # -- tasks -------------------------------------------------------------------------------------
 
