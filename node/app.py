@@ -236,7 +236,9 @@ class Node:
                 config.caller_rate_per_s,
                 config.caller_burst,
             )
-            app = make_app(self.registry, sessions, self, faults, auth)
+            app = make_app(
+                self.registry, sessions, self, faults, auth, board.reachability.unreachable
+            )
             add_call_routes(
                 app, board, desk, records, self.registry, hub, self.media, ivr.estimated_wait_s
             )

@@ -217,7 +217,10 @@ def make_app(
     readiness: Readiness,
     faults: Faults | None = None,
     auth: Auth | None = None,
+    unreachable: Callable[[], list[str]] = list,
 ) -> web.Application:
+    """`unreachable()`: the nodes this node's offers could not reach lately (GET /registry)."""
+
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "node": registry.node_id})
 
@@ -242,6 +245,7 @@ def make_app(
                 "agents": [agent_json(a) for a in sorted(registry.agents(), key=_by_id)],
                 "queues": [queue_json(q) for q in sorted(registry.queues(), key=_by_key)],
                 "nodes": [node_json(n) for n in sorted(registry.nodes(), key=_by_node)],
+                "unreachable_nodes": unreachable(),
             }
         )
 

@@ -55,7 +55,10 @@ PATHS: dict[str, dict[str, Any]] = {
     "/metrics": {"get": _op("Prometheus metrics (text format)", errors=(), tag="operations")},
     "/registry": {
         "get": _op(
-            "The node's registry replica: agents, queues, nodes", errors=(), tag="operations"
+            "The node's registry replica: agents, queues, nodes; and the nodes its offers "
+            "could not reach lately (unreachable_nodes)",
+            errors=(),
+            tag="operations",
         )
     },
     "/openapi.json": {"get": _op("This document", errors=(), tag="operations")},

@@ -24,6 +24,7 @@ from node.cdr import CallRecords
 from node.crm import Customer, Directory, Field, Scope, normalise_phone, visible
 from node.exchange import AgentAction, CallInfo, Link, ReleaseReason, Verdict
 from node.queues import QueueConfig
+from node.reachability import Reachability
 from node.routing import AgentIndex, eligible, rank_agents, reached_steps
 from node.tasks import Tasks
 from registry.clock import wall_ms
@@ -111,6 +112,8 @@ class Switchboard:
         # Media follows who talks with whom here. Must not block.
         self.party_observers: list[Callable[[Call, Call], None]] = []
         self.entries: Entries | None = None  # calls arriving at an entry point go there first
+        # home nodes whose offers failed lately: their agents are skipped for a backoff
+        self.reachability = Reachability()
 
     @property
     def node_id(self) -> str:
@@ -580,7 +583,10 @@ class Switchboard:
             ranked = rank_agents(self._index, queue, waited_s, self._site, exclude=exclude)
             metrics.ROUTING_DECISION.labels(self._site).observe(time.perf_counter() - started)
         customer = self._customer.get(call_id)
-        for agent in ranked[:CANDIDATES_PER_ROUND]:
+        offers = 0
+        for agent in ranked:
+            if offers >= CANDIDATES_PER_ROUND:
+                break
             info = CallInfo(
                 call.call_id,
                 self.node_id,
@@ -593,6 +599,9 @@ class Switchboard:
             )
             if candidates is None and agent.agent_id in self._claimed:
                 continue  # claimed by another call of this node since the ranking
+            if candidates is None and not self.reachability.usable(agent.home_node):
+                continue  # its home did not answer lately (a pull comes from a live home)
+            offers += 1
             self._claimed[agent.agent_id] = now
             desk = self._link.desk(agent.home_node)
             asked = time.perf_counter()
@@ -606,13 +615,16 @@ class Switchboard:
                     agent, "timeout" if isinstance(error, TimeoutError) else "failed", asked
                 )
                 log.warning(
-                    "call %s: %s at %s did not answer (%s)",
+                    "call %s: %s at %s did not answer (%s); skipping %s's agents for %.1f s",
                     call_id,
                     agent.agent_id,
                     agent.home_node,
                     error or "timeout",
+                    agent.home_node,
+                    self.reachability.failed(agent.home_node),
                 )
                 continue
+            self.reachability.answered(agent.home_node)
             self._count_offer(agent, "accepted" if answer.reserved else "refused", asked)
             if not answer.reserved:
                 self._claimed.pop(agent.agent_id, None)
