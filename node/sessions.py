@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from node import metrics
-from node.etcd import Etcd, EventKind, WatchCompacted
+from node.etcd import Etcd, EtcdUnavailable, EventKind, WatchCompacted
 from registry.clock import wall_ms
 from registry.errors import RegistryError
 from registry.records import AgentRecord, AgentState, Skills, Trust
@@ -31,6 +31,9 @@ from registry.registry import Registry
 log = logging.getLogger(__name__)
 
 LOGIN_ATTEMPTS = 5
+SWEEP_S = 5.0
+"""How often each node looks for logged-in agents of its site whose session key is gone."""
+RETRY_S = 1.0
 
 
 class SessionError(Exception):
@@ -122,6 +125,8 @@ class Sessions:
                 str(epoch).encode(),
                 mod_revision=current.mod_revision if current else 0,
                 also=also,
+                # reaping: only while no session is held (a login meanwhile wins)
+                guards=() if hold else [(session_key, 0)],
             ):
                 return epoch
             if not hold:
@@ -237,11 +242,19 @@ class Sessions:
     def unfence(self) -> None:
         self._fenced = False
 
-    async def watch(self) -> None:
-        """Follow the site's session keys until cancelled."""
+    async def watch(self, sweep_s: float = SWEEP_S) -> None:
+        """Follow the site's session keys until cancelled: the watch reaps a session when its
+        key dies; a sweep every `sweep_s` reaps those whose death no watch acted on (this node
+        was fenced, or etcd did not answer the reap, when the key died). An etcd error ends
+        neither: both go on once etcd answers again."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._follow())
+            group.create_task(self._sweep(sweep_s))
+
+    async def _follow(self) -> None:
         while True:
-            _, revision = await self._etcd.get_prefix(self._prefix)
             try:
+                _, revision = await self._etcd.get_prefix(self._prefix)
                 async for event in self._etcd.watch_prefix(self._prefix, revision + 1):
                     if event.key.endswith("/session"):
                         agent_id = event.key.removeprefix(self._prefix).removesuffix("/session")
@@ -251,6 +264,50 @@ class Sessions:
                             await self._session_gone(agent_id)
             except WatchCompacted:
                 log.warning("session watch %s compacted; re-reading", self._prefix)
+            except EtcdUnavailable as error:
+                log.warning("session watch %s: %s; again in %g s", self._prefix, error, RETRY_S)
+                await asyncio.sleep(RETRY_S)
+            except Exception:
+                log.exception("session watch %s failed; again in %g s", self._prefix, RETRY_S)
+                await asyncio.sleep(RETRY_S)
+
+    async def _sweep(self, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.reap_orphans()
+            except EtcdUnavailable as error:
+                log.warning("session sweep %s: %s", self._prefix, error)
+            except Exception:
+                log.exception("session sweep %s failed", self._prefix)
+
+    async def reap_orphans(self) -> list[str]:
+        """Reap every agent of this site that the registry shows logged in but whose session key
+        is gone; the agents reaped here."""
+        if self.fenced:
+            return []
+        keys, _ = await self._etcd.get_prefix(self._prefix)
+        sessions = {
+            kv.key.removeprefix(self._prefix).removesuffix("/session")
+            for kv in keys
+            if kv.key.endswith("/session")
+        }
+        reaped = []
+        for record in self._registry.agents():
+            if (
+                record.site == self._site
+                and record.state is not AgentState.OFFLINE
+                and record.agent_id not in sessions
+                and record.agent_id not in self.held
+            ):
+                log.warning(
+                    "agent %s: no session in etcd, still %s; reaping",
+                    record.agent_id,
+                    record.state.name,
+                )
+                if await self._session_gone(record.agent_id):
+                    reaped.append(record.agent_id)
+        return reaped
 
     def _session_moved(self, agent_id: str, value: bytes) -> None:
         try:
@@ -264,16 +321,17 @@ class Sessions:
             self._drop(agent_id)
             log.info("agent %s session moved to %s (epoch %d); dropped here", agent_id, node, epoch)
 
-    async def _session_gone(self, agent_id: str) -> None:
+    async def _session_gone(self, agent_id: str) -> bool:
+        """Take a dead session's agent over and write it offline; whether this node did."""
         if self.fenced or agent_id in self.held:
-            return
+            return False
         record = self._registry.agent(agent_id)
         if record is not None and record.state is AgentState.OFFLINE:
-            return  # a clean logout
+            return False  # a clean logout
         await asyncio.sleep(0)
         epoch = await self._bump_epoch(agent_id, hold=False)
         if epoch is None:
-            return
+            return False
         base = record or AgentRecord(
             agent_id, self.node_id, self._site, self._trust, 1, (), AgentState.OFFLINE
         )
@@ -290,3 +348,4 @@ class Sessions:
         )
         metrics.AGENT_SESSIONS_REAPED.inc()
         log.info("agent %s: session lease expired; marked offline (epoch %d)", agent_id, epoch)
+        return True
