@@ -18,6 +18,10 @@ RUN python -m venv /opt/callmesh \
 FROM python:3.11-slim-bookworm
 ENV PATH=/opt/callmesh/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 COPY --from=build /opt/callmesh /opt/callmesh
+# the IVR's recorded prompts, where node/prompts.py looks (beside the installed node package),
+# and the sample hook scripts (mawk, which the menu needs, is in every Debian image)
+COPY prompts /opt/callmesh/lib/python3.11/site-packages/prompts
+COPY hooks /usr/share/callmesh/hooks
 RUN groupadd --system --gid 10001 callmesh \
     && useradd --system --uid 10001 --gid callmesh --home-dir /var/lib/callmesh callmesh \
     && mkdir -p /var/lib/callmesh /etc/callmesh \

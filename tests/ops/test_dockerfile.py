@@ -34,6 +34,19 @@ def test_the_image_builds_from_what_the_repository_holds_and_runs_unprivileged()
     assert exposed == {settings["http_port"], settings["grpc_port"]}
 
 
+def test_the_image_carries_the_prompts_where_the_node_looks_for_them() -> None:
+    from node.prompts import shipped_prompts_dir
+
+    text = (ROOT / "Dockerfile").read_text()
+    copied = dict(re.findall(r"^COPY (prompts|hooks) (\S+)$", text, re.MULTILINE))
+    assert set(copied) == {"prompts", "hooks"}, "the image lacks the prompts or the sample hooks"
+    base = re.findall(r"^FROM (python:(\d+\.\d+)\S*)$", text, re.MULTILINE)[-1][1]
+    site_packages = f"/opt/callmesh/lib/python{base}/site-packages"
+    # shipped_prompts_dir() is prompts/ beside the installed node package
+    assert shipped_prompts_dir().name == "prompts"
+    assert copied["prompts"] == f"{site_packages}/{shipped_prompts_dir().name}"
+
+
 def test_the_manifests_run_the_uid_the_image_creates() -> None:
     text = (ROOT / "Dockerfile").read_text()
     uid = int(re.findall(r"^USER (\d+)", text, re.MULTILINE)[-1])
