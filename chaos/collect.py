@@ -1,6 +1,7 @@
 """Fetching a chaos run's history once the run is quiet: each node's call records and
 reservation log from its data folder, each site's etcd history of reservation slots, and every
-node's registry (polled until they agree, within a bound)."""
+node's final registry (polled until they agree, within a bound). How long the registries took to
+agree after the last heal is measured during the run (chaos/convergence.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos.client import Client
+from chaos.convergence import agree
 from chaos.history import (
     AgentEvent,
     AgentView,
@@ -89,10 +91,6 @@ async def slot_history(endpoints: Sequence[str], site: str, idle_s: float = 2.0)
     return events
 
 
-def _comparable(view: Mapping[str, Any]) -> tuple[object, ...]:
-    return (view.get("agents"), view.get("queues"), view.get("nodes"))
-
-
 async def registries(
     client: Client, nodes: Sequence[str], bound_s: float
 ) -> tuple[dict[str, tuple[AgentView, ...]], float | None]:
@@ -105,9 +103,7 @@ async def registries(
             status, view = await client.get(node, "/registry")
             if status == 200 and isinstance(view, dict):
                 views[node] = view
-        agreed = (
-            len(views) == len(nodes) and len({repr(_comparable(v)) for v in views.values()}) == 1
-        )
+        agreed = agree(views, nodes)
         elapsed = time.monotonic() - start
         if agreed or elapsed > bound_s:
             final = {
@@ -152,9 +148,12 @@ async def collect(
     capacities: Mapping[str, int],
     registry_bound_s: float,
     agent_events: Sequence[AgentEvent] = (),
+    converged_after_s: float | None = None,
 ) -> History:
+    """The run's history; `converged_after_s`: how long after the last heal the registries
+    agreed (None: not within the bound), as the run's RegistryWatch measured it."""
     nodes = list(cluster.plans)
-    final_views, converged = await registries(client, nodes, registry_bound_s)
+    final_views, _ = await registries(client, nodes, registry_bound_s)
     records: list[CallRecord] = []
     legs: list[Leg] = []
     reservations: list[ReservationEntry] = []
@@ -175,6 +174,6 @@ async def collect(
         agent_events=tuple(agent_events),
         capacities=dict(capacities),
         final_views=final_views,
-        converged_after_s=converged,
+        converged_after_s=converged_after_s,
         registry_bound_s=registry_bound_s,
     )

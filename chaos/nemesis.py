@@ -1,11 +1,18 @@
 """The nemesis: applies a fault schedule to a LocalCluster, and heals everything afterwards.
 
-Links are cut through each node's POST /debug/faults: every node of one site blocks the gRPC
-addresses of every node of the other (gossip and the call exchange, both ways), so nothing
-crosses the cut. Pauses, kills and restarts go through the LocalCluster; an etcd member is
-killed with SIGKILL and restarted on its data. A node that comes back (SIGCONT, restart) is told
-the links that are still cut, since a restart forgets them and a paused node may have missed
-the change.
+Links between sites are cut in one of two ways (`Nemesis.mechanism`):
+
+- "netns": the cluster's sites run in their own network namespaces (LocalCluster(netns=True),
+  node/netns.py); a cut is a blackhole route to the other site's block in both namespaces, so the
+  kernel drops everything between them (gossip, the call exchange, media, etcd clients alike);
+- "faults": each node's POST /debug/faults: every node of one site blocks the gRPC addresses of
+  every node of the other (gossip and the call exchange, both ways), where namespaces are
+  unavailable (not root).
+
+Pauses, kills and restarts go through the LocalCluster; an etcd member is
+killed with SIGKILL and restarted on its data. With "faults", a node that comes back (SIGCONT,
+restart) is told the links that are still cut, since a restart forgets them and a paused node may
+have missed the change; routes in a namespace outlive the node's process.
 """
 
 from __future__ import annotations
@@ -45,12 +52,19 @@ class Nemesis:
         self.client = client
         self.say = say
         self.injected: Counter[str] = Counter()  # fault kind -> how many were applied
+        self.network = cluster.namespaces
         self.last_heal = time.monotonic()
+        """When the last fault was undone (heal_all counts only when it healed something)."""
         self._cuts: Counter[tuple[str, str]] = Counter()
         self._paused: set[str] = set()
         self._killed: set[str] = set()
         self._etcd_down: set[str] = set()
         self._skewed: set[str] = set()
+
+    @property
+    def mechanism(self) -> str:
+        """How links are cut: "netns" (routes in the sites' namespaces) or "faults"."""
+        return "faults" if self.network is None else "netns"
 
     def site_of(self, node: str) -> str:
         return self.cluster.plans[node].site.name
@@ -73,6 +87,8 @@ class Nemesis:
         match fault:
             case CutLink(sites=sites):
                 self._cuts[sites] += 1
+                if self.network is not None:
+                    await self.network.cut(*sites)
                 await self._push_blocks(self.cluster.plans)
             case PauseNode(node=node):
                 self._paused.add(node)
@@ -95,6 +111,8 @@ class Nemesis:
         match fault:
             case CutLink(sites=sites):
                 self._cuts[sites] -= 1
+                if self.network is not None and self._cuts[sites] <= 0:
+                    await self.network.heal(*sites)
                 await self._push_blocks(self.cluster.plans)
             case PauseNode(node=node):
                 self.cluster.signal(node, signal.SIGCONT)
@@ -112,7 +130,12 @@ class Nemesis:
     async def heal_all(self) -> None:
         """Whatever is still broken: etcd started, nodes resumed or restarted, links healed,
         clocks straight."""
+        broken = any(
+            (+self._cuts, self._paused, self._killed, self._etcd_down, self._skewed)
+        ) or any(p.returncode is not None for p in self.cluster.processes.values())
         self._cuts.clear()
+        if self.network is not None:
+            await self.network.heal_all()
         for site in sorted(self._etcd_down):
             await self._start_etcd(site)
         for node, process in self.cluster.processes.items():
@@ -131,7 +154,8 @@ class Nemesis:
                     break
                 await asyncio.sleep(0.5)
         self._skewed.clear()
-        self.last_heal = time.monotonic()
+        if broken:
+            self.last_heal = time.monotonic()
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -143,6 +167,8 @@ class Nemesis:
         return sorted(p.grpc for p in self.cluster.plans.values() if p.site.name in cut_off)
 
     async def _push_blocks(self, nodes: Collection[str]) -> None:
+        if self.network is not None:
+            return  # the routes in the namespaces cut the links
         targets = [
             n for n in self.cluster.plans if n in nodes and n not in self._paused | self._killed
         ]

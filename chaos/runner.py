@@ -1,7 +1,12 @@
 """Chaos runs end to end: a fresh LocalCluster per schedule (two in-house sites and a partner,
 fast timers), load throughout, the schedule's faults, a heal, a quiet wait, the history, the
 checker. `callmesh chaos` prints each schedule (with the seed that replays it) and ends with
-one JSON line."""
+one JSON line.
+
+Links between sites are cut in the sites' own network namespaces when this process may build
+them (root, `ip netns` works), else through the nodes' fault injection; the run says which
+(`cut_mechanism`). Every node's registry is polled throughout, so I4's figure is the time from
+the last heal to the first poll that found them all equal."""
 
 from __future__ import annotations
 
@@ -20,13 +25,15 @@ import aiohttp
 from chaos.checker import Violation, check, count
 from chaos.client import Client
 from chaos.collect import collect, wait_quiet
+from chaos.convergence import RegistryWatch
 from chaos.load import QUEUES_TOML, Load, plan_load
 from chaos.nemesis import Nemesis
 from chaos.schedule import Schedule, Topology, plan
 from node.localcluster import DEFAULT_SITES, LocalCluster
+from node.netns import unavailable
 
 REGISTRY_BOUND_S = 10.0
-"""I4: once the run is quiet, every registry must agree within this long."""
+"""I4: every registry must agree within this long after the last heal."""
 QUIET_WITHIN_S = 45.0
 
 
@@ -44,6 +51,8 @@ class Result:
     checked: dict[str, int]
     """How much history the checker read: records, legs, reservations, slot events."""
     root: str = ""
+    cut_mechanism: str = ""
+    """How links were cut: "netns" (routes in the sites' namespaces) or "faults"."""
 
 
 @dataclass(slots=True)
@@ -55,6 +64,8 @@ class Options:
     keep: bool = False
     root: Path | None = None
     say: Callable[[str], None] = print
+    netns: bool | None = None
+    """Cut links in network namespaces: None uses them when they are available, True insists."""
 
 
 def credentials_of(cluster: LocalCluster) -> tuple[str, str] | None:
@@ -72,15 +83,27 @@ def topology_of(cluster: LocalCluster) -> Topology:
     return Topology(tuple((site, tuple(nodes)) for site, nodes in by_site.items()))
 
 
+def choose_netns(wanted: bool | None) -> tuple[bool, str]:
+    """Whether to run the sites in network namespaces, and the line that says how links are cut;
+    a ValueError when they are insisted on but unavailable."""
+    why_not = unavailable() if wanted is not False else "not asked for"
+    if why_not is None:
+        return True, "cuts: network namespaces (blackhole routes between the sites' blocks)"
+    if wanted:
+        raise ValueError(f"network namespaces unavailable: {why_not}")
+    return False, f"cuts: fault injection (POST /debug/faults), since namespaces: {why_not}"
+
+
 async def run_schedule(seed: int, options: Options) -> Result:
     say = options.say
     started_at = time.monotonic()
+    netns, how = choose_netns(options.netns)
     base = options.root or Path(tempfile.mkdtemp(prefix="callmesh-chaos-"))
     root = base / f"seed-{seed}"
     root.mkdir(parents=True, exist_ok=True)
     timeout = aiohttp.ClientTimeout(total=2)
     async with contextlib.AsyncExitStack() as stack:
-        cluster = await _start_cluster(stack, root, say)
+        cluster = await _start_cluster(stack, root, say, netns)
         http = await stack.enter_async_context(aiohttp.ClientSession(timeout=timeout))
         addresses = {node: p.http for node, p in cluster.plans.items()}
         client = Client(addresses, http, credentials_of(cluster))
@@ -89,6 +112,7 @@ async def run_schedule(seed: int, options: Options) -> Result:
         topology = topology_of(cluster)
         schedule: Schedule = plan(seed, topology, options.duration_s, faults=options.faults)
         say(schedule.describe())
+        say(how)
         load_plan = replace(
             plan_load(dict(topology.sites), options.agents_per_site, seed=seed),
             call_every_s=options.call_every_s,
@@ -96,16 +120,21 @@ async def run_schedule(seed: int, options: Options) -> Result:
         load = Load(client, load_plan, seed)
         nemesis = Nemesis(cluster, client, say)
         stop = asyncio.Event()
-        driving = asyncio.create_task(load.run(stop))
-        started = time.monotonic()
-        try:
-            await nemesis.run(schedule, started)
-            await asyncio.sleep(max(0.0, started + schedule.duration_s - time.monotonic()))
-        finally:
-            await nemesis.heal_all()
-            stop.set()
-            await driving
-        say(f"load stopped: {len(load.stats.placed)} calls placed; waiting for quiet")
+        async with RegistryWatch(client, nodes) as watch:
+            driving = asyncio.create_task(load.run(stop))
+            started = time.monotonic()
+            try:
+                await nemesis.run(schedule, started)
+                await asyncio.sleep(max(0.0, started + schedule.duration_s - time.monotonic()))
+            finally:
+                await nemesis.heal_all()
+                stop.set()
+                await driving
+            converged = await watch.converged_after(nemesis.last_heal, REGISTRY_BOUND_S)
+        say(
+            f"load stopped: {len(load.stats.placed)} calls placed; registries equal "
+            f"{converged} s after the last heal; waiting for quiet"
+        )
         quiet = await wait_quiet(client, nodes, load.stats.placed, QUIET_WITHIN_S)
         history = await collect(
             cluster,
@@ -114,6 +143,7 @@ async def run_schedule(seed: int, options: Options) -> Result:
             load.capacities,
             REGISTRY_BOUND_S,
             load.stats.events,
+            converged,
         )
     violations = tuple(check(history))
     outcomes = Counter(r.outcome or "none" for r in history.records)
@@ -140,17 +170,24 @@ async def run_schedule(seed: int, options: Options) -> Result:
             "agent_events": len(history.agent_events),
         },
         root=str(root) if keep else "",
+        cut_mechanism=nemesis.mechanism,
     )
 
 
 async def _start_cluster(
-    stack: contextlib.AsyncExitStack, root: Path, say: Callable[[str], None], attempts: int = 3
+    stack: contextlib.AsyncExitStack,
+    root: Path,
+    say: Callable[[str], None],
+    netns: bool,
+    attempts: int = 3,
 ) -> LocalCluster:
     """A started cluster; a start that fails (a port taken meanwhile: the planned ports were
     free only a moment before) is tried again with new ports, in a new folder."""
     for attempt in range(1, attempts + 1):
         folder = root if attempt == 1 else root / f"attempt-{attempt}"
-        cluster = LocalCluster(list(DEFAULT_SITES), folder, fast=True, queues_toml=QUEUES_TOML)
+        cluster = LocalCluster(
+            list(DEFAULT_SITES), folder, fast=True, queues_toml=QUEUES_TOML, netns=netns
+        )
         try:
             return await stack.enter_async_context(cluster)
         except RuntimeError as error:
@@ -181,9 +218,9 @@ async def run_many(schedules: int, seed: int, options: Options) -> list[Result]:
         result = await run_schedule(this, options)
         options.say(
             f"== seed {this}: {sum(result.faults.values())} faults, {result.calls_placed} calls, "
-            f"{len(result.violations)} violations, registries equal after "
-            f"{result.converged_after_s} s, {result.seconds} s"
-            + (f"; kept {result.root}" if result.root else "")
+            f"{len(result.violations)} violations, registries equal "
+            f"{result.converged_after_s} s after the last heal, cuts by {result.cut_mechanism}, "
+            f"{result.seconds} s" + (f"; kept {result.root}" if result.root else "")
         )
         results.append(result)
     return results
@@ -209,6 +246,8 @@ def summary(results: list[Result], seed: int) -> dict[str, object]:
         "violations_total": len(violations),
         "failing_seeds": [r.seed for r in results if r.violations],
         "registry_equal_after_s": [r.converged_after_s for r in results],
+        "registry_bound_s": REGISTRY_BOUND_S,
+        "cut_mechanism": sorted({r.cut_mechanism for r in results}),
         "quiet": all(r.quiet for r in results),
         "checked": dict(sum((Counter(r.checked) for r in results), Counter())),
     }

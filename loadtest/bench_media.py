@@ -246,7 +246,8 @@ class Bench:
 @contextlib.asynccontextmanager
 async def bench_node(root: Path, mode: str) -> AsyncIterator[Bench]:
     sites = [SitePlan("bench", "inhouse", 1)]
-    extra = {NODE: f'media_mode = "{mode}"\n'}
+    # admission control off: the ramp measures what the node carries past its limit
+    extra = {NODE: f'media_mode = "{mode}"\nmax_cpu_share = 0\n'}
     async with (
         LocalCluster(sites, root, queues_toml=QUEUES, extra_toml=extra) as cluster,
         aiohttp.ClientSession(

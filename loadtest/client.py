@@ -31,7 +31,7 @@ class Credentials:
     agent_password: str = ""
     """The agents' password when they log in with POST /login as themselves."""
     mint: Callable[[str], str] | None = None
-    """An agent's token without a login, when the load test holds the cluster secret (a
+    """An agent's token without a login, when the load test holds an in-house site's key (a
     cluster it started): POST /login allows a few attempts per second per client address, and
     every simulated agent comes from the same one."""
 

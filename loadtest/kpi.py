@@ -37,6 +37,15 @@ DEFINITIONS = {
     "overlapping_offers": "pairs of one agent's legs that overlap from the offer on (a ringing "
     "offer its owner has not yet closed counts)",
     "agent_busy_per_call_s": "agent busy time (offer to free) per answered call: the model's h",
+    "peak_talking_calls": "most accepted calls in talk at once (answer to end in the nodes' "
+    "records)",
+    "audio_answered": "media mode: calls the load test's agents answered (POST answer 200)",
+    "audio_verified": "media mode: answered calls on which, within 10 s of the answer, the caller "
+    "heard the agent's tone and the agent the caller's (most of the power of the last 0.4 s "
+    "received at the other side's frequency; every caller and agent has its own)",
+    "audio_failed": "media mode: answered calls whose audio was not verified both ways (must be 0)",
+    "answer_to_verified_s": "media mode: from the answer to both sides hearing each other (the "
+    "listener's Opus decoder joins the stream midway and settles within about a second)",
 }
 
 
@@ -149,6 +158,36 @@ def double_bookings(
             if end > latest_end:
                 latest_end, latest_call = end, call
     return found
+
+
+def peak_concurrent(spans: Iterable[tuple[int, int]]) -> int:
+    """The most (start, end) spans open at once; an end at the same time as a start comes
+    first (a call that ends as another is answered does not overlap it)."""
+    edges = sorted(e for start, end in spans if end > start for e in ((start, 1), (end, -1)))
+    peak = current = 0
+    for _, step in edges:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFigures:
+    answered: int
+    verified: int
+    failed: int
+    failures: tuple[tuple[str, str], ...]
+    """(call, what the check found missing) of each failed call."""
+
+
+def audio_figures(results: Iterable[tuple[str, str]], verified: str = "verified") -> AudioFigures:
+    """From (call, result) of every answered call: `verified`, or why not ("" when the call
+    was never checked: a failure too)."""
+    results = list(results)
+    failures = tuple(
+        (call, result or "not checked") for call, result in results if result != verified
+    )
+    return AudioFigures(len(results), len(results) - len(failures), len(failures), failures)
 
 
 def offer_to_answer_ms(legs: Iterable[Leg]) -> list[float]:

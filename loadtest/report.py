@@ -23,7 +23,8 @@ def render_text(report: dict[str, Any]) -> str:
     defs = report["definitions"]
     lo, hi = report["window_s"]
     lines = [
-        f"load test {s['name']} ({s['mode']}): {s['agents']} agents at {len(s['sites'])} sites "
+        f"load test {s['name']} ({s['mode']}, {s.get('calls', 'signalling')}): "
+        f"{s['agents']} agents at {len(s['sites'])} sites "
         f"on {s['nodes']} nodes, {s['calls_per_s']:g} calls/s for {s['duration_s']:g} s, "
         f"measured over arrivals in [{lo:g}, {hi:g}) s; T = {s['service_level_s']:g} s"
         + (f"; WAN {s['wan_delay_ms']:g} ms each way" if s["wan_delay_ms"] else ""),
@@ -51,7 +52,9 @@ def render_text(report: dict[str, Any]) -> str:
         f"  calls: {m['offered']} offered, {m['answered']} answered, {m['abandoned']} abandoned, "
         f"{m['other_outcomes']} other outcomes",
         "",
-        f"model inputs: h = {y['handle_s']:g} s (planned {y['planned_handle_s']:g} s), "
+        f"model inputs: rate = {y.get('rate_per_s', 0):g}/s (planned "
+        f"{y.get('planned_rate_per_s', 0):g}/s), "
+        f"h = {y['handle_s']:g} s (planned {y['planned_handle_s']:g} s), "
         f"T' = {y['threshold_s']:g} s, patience {y['patience_s'] or 'none'}; {y['note']}",
         f"pooled prediction: SL {_pct(y['pooled']['service_level'])}; siloed prediction: SL "
         f"{_pct(y['siloed_service_level'])} ("
@@ -94,6 +97,8 @@ def render_text(report: dict[str, Any]) -> str:
         f"{sy['client_double_offers']} offers while on a call)",
         f"  calls refused {sy['calls_refused']}, callers who hung up on a silent line "
         f"{sy['callers_gave_up']}, client errors {sy['client_errors']}",
+        f"  peak talking calls     {sy.get('peak_talking_calls', '-')}",
+        *_audio_lines(sy.get("audio")),
         "",
         "definitions:",
         *(f"  {name}: {text}" for name, text in defs.items()),
@@ -101,9 +106,28 @@ def render_text(report: dict[str, Any]) -> str:
         "checks: "
         + ("passed" if report["checks"]["passed"] else "FAILED")
         + f" (lost calls {report['checks']['lost_calls']}, "
-        f"double bookings {report['checks']['double_bookings']})",
+        f"double bookings {report['checks']['double_bookings']}"
+        + (
+            f", calls without audio both ways {report['checks']['audio_failed']}"
+            if "audio_failed" in report["checks"]
+            else ""
+        )
+        + ")",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _audio_lines(audio: dict[str, Any] | None) -> list[str]:
+    """Media mode: the audio check of the answered calls, and a few failures."""
+    if audio is None:
+        return []
+    return [
+        f"  audio (media mode)     {audio['answered']} answered, {audio['verified_both_ways']} "
+        f"verified both ways, {audio['failed']} failed (answer to verified p50 "
+        f"{_num(audio['answer_to_verified_s']['p50'], ' s')}, max "
+        f"{_num(audio['answer_to_verified_s']['max'], ' s')})",
+        *(f"    {f['call']}: {f['problem']}" for f in audio["failed_examples"]),
+    ]
 
 
 def write_plot(report: dict[str, Any], path: Path) -> None:

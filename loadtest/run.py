@@ -2,6 +2,10 @@
 one on loopback by URL), run its traffic through the public API, collect what the nodes recorded,
 and write the report (report.txt, report.json, report.png) to the output directory.
 
+In media mode (`mode = "media"` in the scenario) every caller and agent is a WebRTC leg of
+loadtest/media.py sending its own tone, and every answered call's audio is checked both ways;
+a call whose audio was not verified fails the checks as a lost call does.
+
 Partitions are scenario events: each node is told (POST /debug/faults) to cut its links to the
 nodes on the other side, and healed after `for_s`; the nodes must run with fault injection (the
 clusters this command starts do).
@@ -109,18 +113,16 @@ def cluster_nodes(cluster: Any) -> list[NodeInfo]:
 
 
 def cluster_credentials(cluster: Any) -> Credentials:
-    """The admin's password of a started LocalCluster, and agent tokens signed with its secret
-    (the agents are not in its users file, and POST /login is rate-limited per address)."""
+    """The admin's password of a started LocalCluster, and agent tokens signed with an in-house
+    site's key (the agents are not in its users file, and POST /login is rate-limited per
+    address)."""
     local = getattr(cluster, "credentials", None)
     if local is None:  # a cluster without authentication
         return Credentials()
-    from node.auth import Claims, Role, TokenSigner
-    from registry.clock import wall_ms
-
-    signer = TokenSigner(local.secret.encode())
+    from node.auth import Role
 
     def mint(user: str) -> str:
-        return signer.issue(Claims(user, Role.AGENT, wall_ms() + TOKEN_TTL_MS))
+        return str(local.mint(user, Role.AGENT, TOKEN_TTL_MS / 1000, local.home("admin")))
 
     return Credentials("admin", local.passwords["admin"], mint=mint)
 
@@ -295,6 +297,12 @@ async def run(
             nodes = await discover(http, check_loopback(options.url), credentials)
         apis = {n.node_id: NodeApi(http, n.http, credentials) for n in nodes}
         admin = credentials.admin_user or None
+        phones = None
+        if scenario.mode == "media":
+            from loadtest.media import Phones
+
+            logging.getLogger("aioice").setLevel(logging.WARNING)
+            phones = await stack.enter_async_context(Phones())
         await wait_ready(apis)
         nodes_of: dict[str, list[str]] = {}
         for n in sorted(nodes, key=lambda n: n.node_id):
@@ -308,6 +316,7 @@ async def run(
             calls,
             progress=print_progress if options.progress else None,
             caller_user=admin if options.url is not None else None,
+            phones=phones,
         )
         out(f"logging in {len(agents)} agents at {len(nodes)} nodes")
         await traffic.log_in()
@@ -315,7 +324,7 @@ async def run(
         before = await scrape(apis, admin)
         out(
             f"traffic: {len(calls)} calls over {scenario.duration_s:g} s "
-            f"({'siloed' if options.siloed else 'pooled'})"
+            f"({'siloed' if options.siloed else 'pooled'}, {scenario.mode})"
         )
         islands: list[dict[str, Any]] = []
         start_wall_ms = time.time_ns() // 1_000_000
@@ -396,6 +405,10 @@ def build_report(
     now_ms = time.time_ns() // 1_000_000
     doubles = kpi.double_bookings(agent_legs, now_ms)
     overlapping = kpi.double_bookings(agent_legs, now_ms, offers=True)
+    peak = kpi.peak_concurrent(
+        (r.answered_ms, r.ended_ms or now_ms) for r in rows.values() if r.answered_ms
+    )
+    audio = _audio(traffic) if scenario.mode == "media" else None
     delta = kpi.metric_delta(before, after)
     decision = kpi.histogram(delta, "callmesh_routing_decision_seconds")
     talk = figures.talk_s
@@ -453,14 +466,22 @@ def build_report(
         "calls_refused": sum(1 for t in traffic.calls if t.refused),
         "callers_gave_up": sum(1 for t in tracks if t.gave_up),
         "agent_busy_per_call_s": _round(busy_per_call),
+        "peak_talking_calls": peak,
+        "audio": audio,
         "client_errors": len(traffic.errors),
         "client_error_examples": traffic.errors[:10],
     }
-    yardstick = _yardstick(scenario, options, agents_at, busy_per_call, o2a_mean, measured)
+    arrived = dict.fromkeys(sites, 0.0)  # the rates the Poisson draw gave, not the planned ones
+    for r in measured:
+        arrived[site_of_node.get(r.owner_node, "")] = arrived.get(
+            site_of_node.get(r.owner_node, ""), 0.0
+        ) + 1 / (window[1] - window[0])
+    yardstick = _yardstick(scenario, options, agents_at, busy_per_call, o2a_mean, measured, arrived)
     return {
         "scenario": {
             "name": scenario.name,
             "mode": "siloed" if options.siloed else "pooled",
+            "calls": scenario.mode,
             "sites": {s.name: {"trust": s.trust, "nodes": s.nodes} for s in scenario.sites},
             "agents": len(traffic.agents),
             "calls_per_s": scenario.total_rate,
@@ -482,12 +503,34 @@ def build_report(
         "islands": islands,
         "timeline": _timeline(scenario, traffic, rows, accepted, start_wall_ms, sites),
         "definitions": kpi.DEFINITIONS,
-        "checks": {
-            "lost_calls": len(lost),
-            "double_bookings": len(doubles),
-            "passed": not lost and not doubles,
-        },
+        "checks": _checks(len(lost), len(doubles), audio),
     }
+
+
+def _audio(traffic: Traffic) -> dict[str, Any]:
+    """Media mode: answered calls, those with audio verified both ways, and the failures."""
+    answered = [t for t in traffic.calls if t.answered_s >= 0]
+    figures = kpi.audio_figures((t.call_id, t.audio) for t in answered)
+    took = [t.audio_s for t in answered if t.audio == "verified"]
+    return {
+        "answered": figures.answered,
+        "verified_both_ways": figures.verified,
+        "failed": figures.failed,
+        "answer_to_verified_s": {
+            "p50": _round(kpi.percentile(took, 0.5), 2),
+            "max": _round(max(took, default=None), 2),
+        },
+        "failed_examples": [{"call": c, "problem": p} for c, p in figures.failures[:10]],
+    }
+
+
+def _checks(lost: int, doubles: int, audio: dict[str, Any] | None) -> dict[str, Any]:
+    """No lost call, no double booking, and in media mode no call without audio both ways."""
+    checks: dict[str, Any] = {"lost_calls": lost, "double_bookings": doubles}
+    if audio is not None:
+        checks["audio_failed"] = audio["failed"]
+    checks["passed"] = not any(v for v in checks.values())
+    return checks
 
 
 def _overlap(
@@ -517,9 +560,12 @@ def _yardstick(
     busy_per_call: float | None,
     offer_to_answer_s: float,
     measured: list[kpi.CallRow],
+    arrived: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Erlang predictions for the pooled agents and for each site alone (siloed), and the
-    service level against T, measured and predicted."""
+    service level against T, measured and predicted. `arrived`: the arrival rate per site in
+    the measured window; the model takes it over the planned rate (near full occupancy a 2 %
+    busier draw moves the predicted service level at short T by 10 points)."""
     planned_h = scenario.ring_delay_s + scenario.handle.mean_s + scenario.wrap_up_s
     h = busy_per_call if busy_per_call else planned_h
     patience = None if scenario.patience.kind == "none" else scenario.patience.mean_s
@@ -543,14 +589,21 @@ def _yardstick(
             "erlang_c_service_level": round(c.service_level, 4),
         }
 
-    rates = dict.fromkeys(agents_at, 0.0)
+    planned = dict.fromkeys(agents_at, 0.0)
     for stream in scenario.arrivals:
-        rates[stream.site] += stream.rate_per_s
+        planned[stream.site] += stream.rate_per_s
+    realised = arrived is not None and sum(arrived.values()) > 0
+    rates = {s: (arrived or {}).get(s, 0.0) for s in agents_at} if realised else planned
     total_rate = sum(rates.values())
 
     def predicted(t: float) -> dict[str, Any]:
         pooled = figures(total_rate, total_agents, t)
-        silos = {s: figures(rates[s], agents_at[s], t) for s in agents_at if agents_at[s] > 0}
+        # a site alone: only where callers arrive and agents work (Erlang needs both)
+        silos = {
+            s: figures(rates[s], agents_at[s], t)
+            for s in agents_at
+            if agents_at[s] > 0 and rates[s] > 0
+        }
         alone = sum(silos[s]["service_level"] * rates[s] for s in silos) / total_rate
         return {"pooled": pooled, "siloed": silos, "siloed_service_level": round(alone, 4)}
 
@@ -569,6 +622,8 @@ def _yardstick(
         )
     return {
         "model": "Erlang A" if patience is not None else "Erlang C",
+        "rate_per_s": round(total_rate, 3),
+        "planned_rate_per_s": round(sum(planned.values()), 3),
         "handle_s": round(h, 3),
         "planned_handle_s": round(planned_h, 3),
         "threshold_s": round(shifted(scenario.service_level_s), 3),
@@ -578,6 +633,8 @@ def _yardstick(
         "curve": curve,
         "compare_with": "siloed" if options.siloed else "pooled",
         "note": (
+            "the rate is the arrival rate measured in the window (the Poisson draw, not the "
+            "planned rate); "
             "h is the measured agent busy time per answered call (offer to free after wrap-up); "
             "T is shortened by the measured offer-to-answer time and that time is added to the "
             "model's ASA, since the model's wait ends when an agent is taken and the caller's "
@@ -631,8 +688,9 @@ def command(
     out: Path | None = None,
     credentials: Credentials | None = None,
 ) -> int:
-    """`callmesh loadtest`: 0 when the checks passed (no lost call, no double booking), 1 when
-    not, 2 on a bad scenario or cluster."""
+    """`callmesh loadtest`: 0 when the checks passed (no lost call, no double booking, in media
+    mode no answered call without audio both ways), 1 when not, 2 on a bad scenario or
+    cluster."""
     from loadtest.scenario import ScenarioError, load_scenario
 
     try:

@@ -8,6 +8,8 @@ seed = 7
 service_level_s = 5       # the T of the service level
 ring_delay_s = 0.3        # how long an agent lets an offer ring before answering
 drain_s = 60              # after the last arrival, how long calls may still end
+mode = "signalling"       # or "media": every caller and agent a WebRTC peer sending a tone,
+                          # audio checked both ways on every answered call
 
 [[sites]]
 name = "site-a"
@@ -65,6 +67,9 @@ MAX_DURATION_S = 3_600.0
 MAX_AGENTS = 20_000
 MAX_RATE = 500.0
 MAX_NODES_PER_SITE = 8
+MAX_MEDIA_AGENTS = 200
+"""In media mode every agent holds a WebRTC leg in the load test's one process."""
+MODES = ("signalling", "media")
 
 
 class ScenarioError(ValueError):
@@ -152,6 +157,8 @@ class Scenario:
     patience: Distribution
     wan_delay_ms: float = 0.0
     events: tuple[Partition, ...] = ()
+    mode: str = "signalling"
+    """"signalling": calls without audio; "media": WebRTC callers and agents with tones."""
 
     @property
     def total_agents(self) -> int:
@@ -177,6 +184,7 @@ _SCENARIO = {
     "ring_delay_s",
     "drain_s",
     "wrap_up_s",
+    "mode",
 }
 
 
@@ -281,6 +289,11 @@ def parse_scenario(text: str) -> Scenario:
     ring = _number("scenario.ring_delay_s", head.get("ring_delay_s", 0.3), 0, 60)
     drain = _number("scenario.drain_s", head.get("drain_s", 60), 0, MAX_DURATION_S)
     wrap = _number("scenario.wrap_up_s", head.get("wrap_up_s", 0), 0, 600)
+    mode = head.get("mode", "signalling")
+    if mode not in MODES:
+        raise ScenarioError(
+            "scenario.mode", f"must be {' or '.join(repr(m) for m in MODES)}, got {mode!r:.40}"
+        )
 
     sites = []
     for i, table in enumerate(_array("sites", raw["sites"])):
@@ -315,6 +328,10 @@ def parse_scenario(text: str) -> Scenario:
         )
     if sum(g.count for g in agents) > MAX_AGENTS:
         raise ScenarioError("agents", f"at most {MAX_AGENTS} agents in all")
+    if mode == "media" and sum(g.count for g in agents) > MAX_MEDIA_AGENTS:
+        raise ScenarioError(
+            "agents", f'at most {MAX_MEDIA_AGENTS} agents in all with mode = "media"'
+        )
 
     queues = []
     for qname, table in _table("queues", raw["queues"]).items():
@@ -381,6 +398,7 @@ def parse_scenario(text: str) -> Scenario:
         patience=patience,
         wan_delay_ms=delay,
         events=tuple(events),
+        mode=mode,
     )
 
 

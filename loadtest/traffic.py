@@ -6,6 +6,11 @@ Everything goes through the nodes' public HTTP API (loadtest/client.py). The onl
 caller learns that an agent answered from the agent's side in this process, as a real caller hears
 the agent pick up (signalling-only calls carry no audio to hear). Bounded: arrivals stop at the
 scenario's duration, and every call is given up `drain_s` later.
+
+Media mode (given `Phones`, loadtest/media.py): each agent opens its WebRTC leg at its home node
+after login (POST /agents/{id}/media) and keeps it for the run; each caller sends its offer in
+POST /calls and closes its leg when its call ends. After answering, the agent checks the call's
+audio both ways (bounded by AUDIO_TIMEOUT_S) before it talks out the rest of the call's time.
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from loadtest.client import NodeApi
 from loadtest.scenario import Scenario, queue_for
+
+if TYPE_CHECKING:
+    from loadtest.media import Phones, ToneLeg
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +46,11 @@ SILENCE_S = 30.0
 SAMPLE_S = 1.0
 CLOSE_S = 20.0
 """Agents end their calls this long before the end of the drain period at the latest."""
+TRACK_WAIT_S = 5.0
+"""How long an agent who answered waits to learn the caller (its POST /calls still answering)."""
+AUDIO_TIMEOUT_S = 10.0
+"""Media mode: how long after the answer both sides may take to hear each other."""
+LEGS_READY_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +82,9 @@ class CallTrack:
     gave_up: bool = False  # the agent never hung up: the caller did
     refused: str = ""  # POST /calls failed: status and reason
     position: int = 0  # the worst position the caller was told
+    leg: ToneLeg | None = None  # media mode: the caller's WebRTC leg while the call lasts
+    audio: str = ""  # media mode, once answered: "verified", or what the check found missing
+    audio_s: float = -1.0  # media mode: how long after the answer the check ended
     answered: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -151,8 +167,10 @@ class Traffic:
         *,
         progress: Callable[[str], None] | None = None,
         caller_user: str | None = None,
+        phones: Phones | None = None,
     ) -> None:
         self.scenario = scenario
+        self.phones = phones  # media mode
         # who callers start their calls as: nobody (no token), or a staff user when the cluster
         # limits calls per client address (every simulated caller shares this one)
         self.caller_user = caller_user
@@ -170,6 +188,9 @@ class Traffic:
         self._released: dict[tuple[str, str], asyncio.Event] = {}
         self._release_reason: dict[tuple[str, str], str] = {}
         self._sockets: dict[str, aiohttp.ClientWebSocketResponse] = {}
+        self._legs: dict[str, ToneLeg] = {}  # media mode: agent -> its leg
+        self._index = {plan.agent_id: i for i, plan in enumerate(agents)}
+        self._known: dict[str, asyncio.Event] = {}  # calls an agent answered before its caller
         self._history: dict[str, collections.deque[tuple[float, str, str]]] = {}
         self._t0 = 0.0
         self._progress = progress
@@ -201,8 +222,29 @@ class Traffic:
                     raise RuntimeError(f"login of {plan.agent_id} failed: {status} {body}")
                 socket = await api.websocket(f"/agents/{plan.agent_id}/events", user=plan.agent_id)
                 self._sockets[plan.agent_id] = socket
+                if self.phones is not None:
+                    await self._open_leg(plan, self.phones)
 
         await asyncio.gather(*(one(plan) for plan in self.agents))
+        if self.phones is not None:
+            late = await self.phones.connected(self._legs.values(), LEGS_READY_S)
+            if late:
+                raise RuntimeError(
+                    f"{len(late)} agents' media legs not connected within {LEGS_READY_S:g} s"
+                )
+
+    async def _open_leg(self, plan: AgentPlan, phones: Phones) -> None:
+        """The agent's WebRTC leg at its home node, kept up from call to call."""
+        from loadtest.media import agent_hz
+
+        leg = await phones.open(agent_hz(self._index[plan.agent_id]))
+        self._legs[plan.agent_id] = leg
+        status, body = await self.apis[plan.node].request(
+            "POST", f"/agents/{plan.agent_id}/media", {"sdp": leg.leg.local_sdp}, user=plan.agent_id
+        )
+        if status != 200 or not isinstance(body, dict) or "sdp" not in body:
+            raise RuntimeError(f"media leg of {plan.agent_id} refused: {status} {body!r:.120}")
+        await leg.leg.accept(str(body["sdp"]))
 
     async def log_out(self, concurrency: int = 32) -> None:
         gate = asyncio.Semaphore(concurrency)
@@ -275,14 +317,16 @@ class Traffic:
                 self.answer_refused += 1
                 return
             answered = True
-            track = self.by_id.get(call_id)
+            answered_s = self.now()
+            track = await self._track(call_id)
             talk = track.talk_s if track is not None else self.scenario.handle.sample(self._rng)
             talk = min(talk, max(0.0, self._closing_s() - self.now()))
             if track is not None:
-                track.answered_s = self.now()
+                track.answered_s = answered_s
                 track.answered.set()
+                await self._check_audio(agent, track, released)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(released.wait(), talk)
+                await asyncio.wait_for(released.wait(), max(0.0, answered_s + talk - self.now()))
             for _ in range(HANGUP_TRIES):
                 if released.is_set():
                     break
@@ -306,23 +350,55 @@ class Traffic:
             self._release_reason.pop(key, None)
             self.busy.append(Busy(agent, plan.site, start, self.now(), call_id, answered))
 
+    async def _track(self, call_id: str) -> CallTrack | None:
+        """The caller of `call_id`, waiting a little for its POST /calls to answer."""
+        if call_id not in self.by_id:
+            known = self._known.setdefault(call_id, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(known.wait(), TRACK_WAIT_S)
+            self._known.pop(call_id, None)
+        return self.by_id.get(call_id)
+
+    async def _check_audio(self, agent: str, track: CallTrack, released: asyncio.Event) -> None:
+        """Media mode: the caller hears the agent's tone and the agent the caller's."""
+        if self.phones is None:
+            return
+        leg = self._legs.get(agent)
+        if track.leg is None or leg is None:
+            track.audio = "no media leg on " + ("the caller" if leg else "the agent")
+            return
+        track.audio = await self.phones.check(track.leg, leg, AUDIO_TIMEOUT_S, released)
+        track.audio_s = self.now() - track.answered_s if track.answered_s >= 0 else -1.0
+        if track.audio != "verified":
+            log.error("call %s (agent %s): audio %s", track.call_id, agent, track.audio)
+
     # -- callers ---------------------------------------------------------------------------------
 
     async def _caller(self, track: CallTrack) -> None:
         api = self.apis[track.node]
-        status, body = await api.request(
-            "POST",
-            "/calls",
-            {"queue": track.queue, "caller": f"+1555{track.index:07d}"},
-            user=self.caller_user,
-        )
+        request: dict[str, Any] = {"queue": track.queue, "caller": f"+1555{track.index:07d}"}
+        if self.phones is not None:
+            from loadtest.media import caller_hz
+
+            track.leg = await self.phones.open(caller_hz(track.index))
+            request["sdp"] = track.leg.leg.local_sdp
+        status, body = await api.request("POST", "/calls", request, user=self.caller_user)
         if status != 201 or not isinstance(body, dict):
             track.refused = f"{status} {body!r:.80}"
             return
         track.call_id = str(body["call_id"])
         track.token = str(body.get("caller_token", ""))
+        if track.leg is not None:
+            if "sdp" not in body:
+                track.refused = "201 without an SDP answer: the node carries no media"
+                await api.request("POST", f"/calls/{track.call_id}/hangup", {}, token=track.token)
+                return
+            await track.leg.leg.accept(str(body["sdp"]))
         track.accepted_s = self.now()
         self.by_id[track.call_id] = track
+        known = self._known.pop(track.call_id, None)
+        if known is not None:  # its agent answered before this reply came
+            known.set()
         path = f"/calls/{track.call_id}"
         while not track.answered.is_set():
             left = track.accepted_s + track.patience_s - self.now()
@@ -358,6 +434,9 @@ class Traffic:
             self.errors.append(f"caller {track.index} ({track.call_id}): {error!r}")
             if not track.call_id:
                 track.refused = repr(error)
+        finally:
+            if track.leg is not None and self.phones is not None:
+                await self.phones.close(track.leg)
 
     # -- the run ---------------------------------------------------------------------------------
 

@@ -7,5 +7,6 @@ Media).
 - `media.conference`: `Conference` (three or more legs, mixed).
 - `media.relay`: `RelayLeg` (the node-to-node leg).
 - `media.recorder`: `Recorder` (both sides into one WAV file).
+- `media.offer` (pure): `check_offer`, what a WebRTC offer from outside must hold (`BadSdp`).
 - `media.rtp` and `media.tone` (pure): RTP headers and statistics; tones and their detection.
 """

@@ -42,18 +42,15 @@ from aiortc import (
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError
 
+from media.offer import BadSdp as BadSdp  # re-exported: callers catch the offer's errors here
+from media.offer import check_offer
 from media.tone import RATE, sine
 
 log = logging.getLogger(__name__)
 
-MAX_SDP = 20_000
 FRAME = 960  # 20 ms at 48 kHz
 _TIME_BASE = fractions.Fraction(1, RATE)
 _CLOSED = ("failed", "closed")
-
-
-class BadSdp(ValueError):
-    code = "bad_sdp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +146,7 @@ class PeerLeg:
     async def answering(cls, offer: str, host: str = "", *, lean: bool = True) -> PeerLeg:
         """The node's side: answer a caller's or an agent's offer (audio, Opus). `lean=False`
         leaves received RTP to aiortc (decoded into `remote_track`: the stock baseline)."""
-        if not isinstance(offer, str) or not offer.strip() or len(offer) > MAX_SDP:
-            raise BadSdp(f"sdp must be a WebRTC offer of at most {MAX_SDP} characters")
+        check_offer(offer)  # names what is wrong (media/offer.py) before aiortc sees it
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         leg = cls(pc)
         try:
@@ -168,7 +164,7 @@ class PeerLeg:
             raise
         except Exception as error:  # aiortc raises ValueError, KeyError, ... on bad SDP
             await pc.close()
-            raise BadSdp(f"cannot answer the offer: {error or type(error).__name__}") from None
+            raise BadSdp(f"cannot answer the offer: {str(error) or type(error).__name__}") from None
         leg.local_sdp = pc.localDescription.sdp
         return leg
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from aiohttp import web
 
 from node import metrics
+from node.admission import Admission, CpuMeter, Limits
 from node.agentdesk import AgentDesk
 from node.auth import auth_from
 from node.ca import CaError
@@ -47,6 +48,7 @@ from node.prompts import RecordingPrompter, shipped_prompts_dir
 from node.queues import QueueFile
 from node.reservationlog import FILE_NAME as RESERVATION_LOG
 from node.reservationlog import ReservationLog
+from node.revoker import Revoker
 from node.sessions import Sessions
 from node.switchboard import Switchboard
 from node.tasks import Tasks
@@ -56,8 +58,10 @@ from protos.calls_pb2_grpc import add_CallsServicer_to_server, add_MediaServicer
 from registry.clock import HybridClock, wall_ms
 from registry.records import NodeInfo
 from registry.registry import Registry
-from sip import SipService, TrunkSettings, digest, parse_allowed
+from sip import RtpLeg, SipService, TrunkSettings, digest, parse_allowed
+from sip.numbers import Route, parse_numbers
 from sip.phone_api import add_phone_routes
+from sip.phonebook import PhoneBook
 from sip.transport import Peer
 
 log = logging.getLogger(__name__)
@@ -83,7 +87,6 @@ class Node:
         self.switchboard: Switchboard | None = None
         self.media: MediaPlane | None = None
         self.sip: SipService | None = None  # the SIP trunk side, when sip_port is set
-        media_servicer = MediaServicer(lambda: self.media)
         wan = WanDelay(config.wan_delay_ms, frozenset(config.wan_peers))
         self.transport = Transport(wan=wan if config.wan_delay_ms else None, tls=_tls(config))
         rules = PeerRules(
@@ -93,7 +96,8 @@ class Node:
             self.registry,
             self._offer_owner,
         )
-        servicer = CallsServicer(lambda: self.desk, lambda: self.switchboard, rules)
+        servicer = CallsServicer(lambda: self.desk, lambda: self.switchboard, rules, met=self._met)
+        media_servicer = MediaServicer(lambda: self.media, rules)
         self.gossip = Gossip(
             self.registry,
             config.grpc_host,
@@ -131,6 +135,13 @@ class Node:
             behind = sorted(p.address for p in self.gossip.peers.values() if not p.synced)
             reasons.append(f"not synced with {', '.join(behind)}")
         return reasons
+
+    def _met(self, node_id: str) -> None:
+        """A node called this one with a reservation: when the registry does not know its
+        address yet, ask the gossip peers now (the agent's answer goes to that address)."""
+        if self.registry.node(node_id) is None:
+            log.info("node %s not known yet: exchanging digests now", node_id)
+            self.gossip.reconcile_soon()
 
     # -- lease callbacks (called by the etcd adapter) ----------------------------------------------
 
@@ -225,25 +236,53 @@ class Node:
             self.desk, self.switchboard = desk, board
             media = _media(config, self, board, desk, sessions, records, queue_file)
             self.media = await stack.enter_async_context(media)
+            admission = _admission(config, self.registry, self.media)
+            book = PhoneBook(etcd, config.site)
             if config.sip_port:
-                sip = _sip(config, board, records, hub, desk, ivr.digits)
+                sip = _sip(config, board, records, hub, desk, ivr.digits, admission.check)
                 self.sip = await stack.enter_async_context(sip)
+                await _restore_phones(self.sip, book)
             faults = NodeFaults(self.gossip, link, self.clock) if config.fault_injection else None
             auth = auth_from(
                 config.users_file,
-                config.auth_secret,
+                (config.site, config.site_key, config.site_keys_file),
                 config.token_ttl_s,
                 config.caller_rate_per_s,
                 config.caller_burst,
             )
+            revoker = None
+            if auth is not None:  # revoked tokens, from the site's etcd and other sites
+                revoker = Revoker(
+                    auth,
+                    etcd,
+                    self.registry,
+                    config.site,
+                    gateway=config.gateway,
+                    sync_s=max(1.0, 5 * config.digest_interval_s),
+                )
+                await stack.enter_async_context(revoker)
             app = make_app(
-                self.registry, sessions, self, faults, auth, board.reachability.unreachable
+                self.registry,
+                sessions,
+                self,
+                faults,
+                auth,
+                board.reachability.unreachable,
+                revoker,
             )
             add_call_routes(
-                app, board, desk, records, self.registry, hub, self.media, ivr.estimated_wait_s
+                app,
+                board,
+                desk,
+                records,
+                self.registry,
+                hub,
+                self.media,
+                ivr.estimated_wait_s,
+                admission.check,
             )
             add_media_routes(app, self.media, desk)
-            add_phone_routes(app, self.sip.phones if self.sip is not None else None, desk)
+            add_phone_routes(app, self.sip.phones if self.sip is not None else None, desk, book)
             add_ivr_routes(app, ivr, desk, records, shipped_prompts_dir())
             add_page_routes(app)
             runner = web.AppRunner(app, access_log=None)
@@ -264,6 +303,7 @@ class Node:
             self._tasks.spawn(sessions.watch(), "session watch")
             self._tasks.spawn(board.run(), "call routing")
             self._tasks.spawn(self.media.run(), "media statistics")
+            self._tasks.spawn(admission.meter.run(), "cpu meter")
             self._tasks.spawn(desk.watch_owners(), "owner watchdog")
             if orphans:
                 self._tasks.spawn(self._free_orphan_agents(link, orphans), "free orphans' agents")
@@ -359,13 +399,24 @@ def _sip(
     hub: EventHub,
     desk: AgentDesk,
     digits: Callable[[str, str], object],
+    gate: Callable[[], None] = lambda: None,
 ) -> SipService:
-    """The SIP trunk side: calls from the trunk arrive at `sip_entry` (or wait in `sip_queue`)
-    with the trunk and the dialled number in their record; RFC 4733 digits go to `digits` (the
-    IVR's, which notes them on the call); offers to agents with a phone are called out."""
+    """The SIP trunk side: calls from the trunk arrive where `sip_numbers` routes the dialled
+    number (else at `sip_entry`, or wait in `sip_queue`) with the trunk and the dialled number
+    in their record; RFC 4733 digits go to `digits` (the
+    IVR's, which notes them on the call); offers to agents with a phone are called out.
+    `gate()` raises when the node takes no new media calls (admission control: 503)."""
+
+    default = Route(entry=config.sip_entry) if config.sip_entry else Route(queue=config.sip_queue)
+    try:
+        plan = parse_numbers(config.sip_numbers, default)
+    except ValueError as error:
+        raise ConfigError(f"sip_numbers: {error}") from None
 
     async def admit(caller: str, dialled: str, trunk: str) -> Call:
-        call = await board.arrive(config.sip_queue, caller, entry=config.sip_entry)
+        route = plan.route(dialled)  # UnknownNumber: 404 to the trunk
+        gate()  # Overloaded: 503 to the trunk, which tries another node
+        call = await board.arrive(route.queue or config.sip_queue, caller, entry=route.entry)
         records.set_origin(call.call_id, trunk, dialled)
         return call
 
@@ -394,6 +445,37 @@ def _sip(
     )
 
 
+async def _restore_phones(sip: SipService, book: PhoneBook) -> None:
+    """The agents' external phones kept in the site's etcd, lined up again after a restart."""
+    if sip.phones is None:
+        return
+    try:
+        numbers = await book.load()
+    except ConnectionError as error:
+        log.warning("agents' phones not restored (etcd): %s", error)
+        return
+    for agent_id, number in numbers.items():
+        sip.phones.register(agent_id, number)
+
+
+def _admission(config: NodeConfig, registry: Registry, plane: MediaPlane) -> Admission:
+    """The gate for new media calls; it names the other up nodes, this site's first."""
+
+    def others() -> list[str]:
+        up = [n for n in registry.nodes() if n.up and n.node_id != config.node_id]
+        return [n.http for n in sorted(up, key=lambda n: (n.site != config.site, n.node_id))]
+
+    meter = CpuMeter(on_sample=metrics.CPU_SHARE.set)
+    return Admission(
+        config.node_id,
+        Limits(config.max_cpu_share, config.max_media_calls),
+        meter,
+        lambda: plane.calls_carried,
+        others,
+        metrics.MEDIA_CALLS_REFUSED.inc,
+    )
+
+
 @contextlib.asynccontextmanager
 async def _media(
     config: NodeConfig,
@@ -418,6 +500,7 @@ async def _media(
         records_queue=lambda queue: _records(queue_file, queue),
         recorded=records.set_recording,
         trunk_leg=lambda call_id: node.sip.leg(call_id) if node.sip is not None else None,
+        phone_leg=lambda call_id, agent_id: _phone_leg(node, call_id, agent_id),
         call_live=lambda call_id: call_id in board.calls,
     )
     board.observers.append(plane.observe)
@@ -428,6 +511,11 @@ async def _media(
     finally:
         await plane.close()
         await link.close()
+
+
+def _phone_leg(node: Node, call_id: str, agent_id: str) -> RtpLeg | None:
+    phones = node.sip.phones if node.sip is not None else None
+    return phones.leg(call_id, agent_id) if phones is not None else None
 
 
 def _records(queue_file: QueueFile, queue: str) -> bool:

@@ -1,13 +1,21 @@
 """Who may call the HTTP API: users and their password hashes, signed tokens, the route table.
 
-Pure (hashlib, hmac, tomllib): the aiohttp middleware in node/http_api.py reads the token and the
-client address, calls `Auth.authorize`, and maps the errors below to statuses.
+Pure (hashlib, tomllib, node/sitekeys.py's Ed25519): the aiohttp middleware in node/http_api.py
+reads the token and the client address, calls `Auth.authorize`, and maps the errors below to
+statuses.
 
 - Users live in a TOML file (NodeConfig.users_file); passwords are stored as scrypt hashes
   (`callmesh hash-password`), never plain. An agent user may carry a profile (tier, skills,
   capacity): the agent's session login uses it.
-- A token is `v1.<payload>.<signature>`: base64url JSON {user, role, expiry, call} signed with
-  HMAC-SHA256 under the cluster secret, which every node holds, so any node verifies any token.
+- A token is `v2.<payload>.<signature>`: base64url JSON {user, role, expiry, call, id, issued,
+  site} signed with the issuing site's Ed25519 key (node/sitekeys.py); every node holds every
+  site's public key, so any node verifies any token. What a site may grant is bounded by its
+  trust (`out_of_scope`): an in-house site anything; a partner site's tokens count elsewhere only
+  for its own agents (the users file names each agent's site) with role agent, so a partner
+  node cannot mint a supervisor's or an admin's token for an in-house node. A token is refused
+  once revoked (node/revocations.py: its id after POST /logout, or
+  every token of a user issued before an admin's POST /users/NAME/revoke); node/revoker.py
+  spreads revocations to every node of every site.
 - Roles: agent (user == agent id; only /agents/{own id}/...), supervisor (reads), admin
   (everything). A caller gets a caller token for the routes of its own call when it starts one.
 - Access is a table of route patterns (ACCESS) read top to bottom; the first match decides.
@@ -16,6 +24,7 @@ client address, calls `Auth.authorize`, and maps the errors below to statuses.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -30,26 +39,28 @@ from pathlib import Path
 from typing import Any
 
 from node.config import ConfigError
+from node.revocations import Kind, Revocation, Revocations
 from node.sessions import Profile
+from node.sitekeys import BadSignature, SiteKeys
+from node.sitekeys import load as load_site_keys
 from registry.clock import wall_ms
 from registry.errors import InvalidRecord
 from registry.records import (
     MAX_CAPACITY,
     MAX_TIER,
+    Trust,
     check_id,
     check_int,
     check_skills,
     skills_from,
 )
 
-TOKEN_VERSION = "v1"
+TOKEN_VERSION = "v2"
 MAX_TOKEN = 2048
 MAX_PASSWORD = 1024
 SCRYPT_N = 2**14
 SCRYPT_R = 8
 SCRYPT_P = 1
-MIN_SECRET = 16
-"""A cluster secret shorter than this many bytes is refused."""
 
 
 class Role(Enum):
@@ -69,8 +80,18 @@ class TokenExpired(AuthError):
     code = "token_expired"
 
 
+class TokenRevoked(AuthError):
+    code = "token_revoked"
+
+
 class LoginFailed(AuthError):
     code = "login_failed"
+
+
+class OutOfScope(AuthError):
+    """A token or push signed by a known site that claims more than that site may grant: 403."""
+
+    code = "out_of_scope"
 
 
 class Forbidden(Exception):
@@ -128,8 +149,16 @@ class User:
     password_hash: str
     profile: Profile | None = None
     """For agents: what their session login brings when the request has no body."""
+    site: str = ""
+    """The agent's home site (where it works): a partner site may issue tokens for its own
+    agents only. Empty: no site's own (in-house sites issue every token)."""
 
     def __post_init__(self) -> None:
+        if self.site:
+            try:
+                check_id(f"user {self.name}: site", self.site)
+            except InvalidRecord as error:
+                raise UsersFileError(str(error)) from None
         if self.role is Role.CALLER:
             raise UsersFileError(f"user {self.name}: role caller is issued with calls only")
         if not self.password_hash.startswith("scrypt$"):
@@ -141,7 +170,7 @@ class User:
 
 def users_from_toml(text: str) -> dict[str, User]:
     """Parse a users file: `[users.NAME]` tables with role, password (a hash) and, for agents,
-    optional tier, capacity and skills = {name = level}."""
+    site (the home site) and optional tier, capacity and skills = {name = level}."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -162,7 +191,7 @@ def _user(name: str, table: object) -> User:
         raise UsersFileError(str(error)) from None
     if not isinstance(table, dict):
         raise UsersFileError(f"user {name}: a table expected")
-    allowed = {"role", "password", "tier", "capacity", "skills"}
+    allowed = {"role", "password", "site", "tier", "capacity", "skills"}
     unknown = sorted(set(table) - allowed)
     if unknown:
         raise UsersFileError(f"user {name}: unknown keys {', '.join(unknown)}")
@@ -175,6 +204,9 @@ def _user(name: str, table: object) -> User:
     password = table.get("password")
     if not isinstance(password, str):
         raise UsersFileError(f"user {name}: password (a scrypt hash) is missing")
+    site = table.get("site", "")
+    if not isinstance(site, str):
+        raise UsersFileError(f"user {name}: site must be a site name")
     profile = None
     if role is Role.AGENT and {"tier", "capacity", "skills"} & set(table):
         skills = table.get("skills", {})
@@ -193,7 +225,7 @@ def _user(name: str, table: object) -> User:
         except (TypeError, ValueError, InvalidRecord) as error:
             raise UsersFileError(f"user {name}: {error}") from None
         profile = Profile(tier, levels, capacity)
-    return User(name, role, password, profile)
+    return User(name, role, password, profile, site)
 
 
 def users_toml(users: Mapping[str, User]) -> str:
@@ -202,6 +234,8 @@ def users_toml(users: Mapping[str, User]) -> str:
     for user in users.values():
         lines += [f"[users.{_key(user.name)}]", f'role = "{user.role.value}"']
         lines.append(f'password = "{user.password_hash}"')
+        if user.site:
+            lines.append(f'site = "{user.site}"')
         if user.profile is not None:
             lines.append(f"tier = {user.profile.tier}")
             lines.append(f"capacity = {user.profile.capacity}")
@@ -225,43 +259,124 @@ class Claims:
     expires_ms: int
     call_id: str = ""
     """Caller tokens: the one call whose routes they open."""
+    token_id: str = ""
+    """`SITE~RANDOM`, unique: what POST /logout revokes (empty in tokens without an id)."""
+    issued_ms: int = 0
+    site: str = ""
+    """The site that issued (signed) the token."""
 
 
 class TokenSigner:
-    """Issues and verifies tokens under the cluster secret (HMAC-SHA256)."""
+    """Issues tokens signed with this site's key; verifies any site's tokens with the key ring."""
 
-    def __init__(self, secret: bytes) -> None:
-        if len(secret) < MIN_SECRET:
-            raise ValueError(f"the cluster secret must be at least {MIN_SECRET} bytes")
-        self._secret = secret
+    def __init__(self, keys: SiteKeys) -> None:
+        self.keys = keys
+
+    @property
+    def site(self) -> str:
+        return self.keys.site
 
     def issue(self, claims: Claims) -> str:
-        body = {"u": claims.user, "r": claims.role.value, "e": claims.expires_ms}
+        """A token for these claims, issued by this site (whatever `claims.site` says)."""
+        body: dict[str, object] = {"u": claims.user, "r": claims.role.value, "e": claims.expires_ms}
         if claims.call_id:
             body["c"] = claims.call_id
+        if claims.token_id:
+            body["i"], body["t"] = claims.token_id, claims.issued_ms
+        body["s"] = self.keys.site
         payload = _b64(json.dumps(body, separators=(",", ":")).encode())
-        return f"{TOKEN_VERSION}.{payload}.{self._sign(payload)}"
+        signature = self.keys.sign(f"{TOKEN_VERSION}.{payload}".encode())
+        return f"{TOKEN_VERSION}.{payload}.{_b64(signature)}"
 
-    def verify(self, token: str, now_ms: int) -> Claims:
+    def verify(self, token: str, now_ms: int) -> tuple[Claims, Trust]:
+        """The claims and the issuing site's trust; raises AuthError or TokenExpired. The
+        claims are not bounded here (see `out_of_scope`)."""
         if len(token) > MAX_TOKEN:
             raise AuthError("token too long")
         parts = token.split(".")
         if len(parts) != 3 or parts[0] != TOKEN_VERSION:
-            raise AuthError("not a callmesh token (v1.payload.signature)")
-        given = parts[2].encode("utf-8", "replace")  # compare_digest refuses non-ASCII str
-        if not hmac.compare_digest(self._sign(parts[1]).encode(), given):
-            raise AuthError("token signature does not verify (wrong cluster secret or altered)")
+            raise AuthError(f"not a callmesh token ({TOKEN_VERSION}.payload.signature)")
         try:
             body = json.loads(_unb64(parts[1]))
-            claims = Claims(str(body["u"]), Role(body["r"]), int(body["e"]), str(body.get("c", "")))
+            site, signature = body["s"], _unb64(parts[2])
+            if not isinstance(site, str):
+                raise TypeError
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            raise AuthError("token payload is malformed") from None
+        try:
+            trust = self.keys.check(site, f"{TOKEN_VERSION}.{parts[1]}".encode(), signature)
+        except BadSignature as error:
+            raise AuthError(f"token refused: {error}") from None
+        try:
+            claims = Claims(
+                str(body["u"]),
+                Role(body["r"]),
+                int(body["e"]),
+                str(body.get("c", "")),
+                str(body.get("i", "")),
+                int(body.get("t", 0)),
+                site,
+            )
         except (ValueError, KeyError, TypeError, OverflowError):
             raise AuthError("token payload is malformed") from None
         if claims.expires_ms <= now_ms:
             raise TokenExpired("token expired: log in again (POST /login)")
-        return claims
+        return claims, trust
 
-    def _sign(self, payload: str) -> str:
-        return _b64(hmac.new(self._secret, payload.encode(), hashlib.sha256).digest())
+    def sign(self, payload: str) -> str:
+        """This site's signature of other data (revocation pushes; domain-separated)."""
+        return _b64(self.keys.sign(f"data:{payload}".encode()))
+
+    def check(self, site: str, payload: str, signature: str) -> Trust:
+        """The signing site's trust; raises AuthError."""
+        try:
+            raw = _unb64(signature)
+        except (ValueError, binascii.Error):
+            raise AuthError("the signature is not base64url") from None
+        try:
+            return self.keys.check(site, f"data:{payload}".encode(), raw)
+        except BadSignature as error:
+            raise AuthError(str(error)) from None
+
+
+def out_of_scope(claims: Claims, issuer: Trust, here: str, users: Mapping[str, User]) -> str | None:
+    """Why a token claims more than its issuing site may grant at a node of site `here`, or
+    None. An in-house site grants anything. A site's own nodes take its tokens (they hold its key
+    anyway). Elsewhere a partner site's token counts only for one of its own agents (the users
+    file names the agent's site) with role agent; its caller tokens open calls at its own nodes
+    only (a call is served by the node that owns it)."""
+    if issuer is Trust.INHOUSE or claims.site == here:
+        return None
+    user = users.get(claims.user)
+    if claims.role is Role.AGENT:
+        if user is not None and user.role is Role.AGENT and user.site == claims.site:
+            return None
+        return (
+            f"partner site {claims.site} may issue tokens only for its own agents, and "
+            f"{claims.user} is not one: log in at {claims.user}'s own site"
+        )
+    return (
+        f"partner site {claims.site} may not issue {claims.role.value} tokens valid at site "
+        f"{here}: log in at an in-house site"
+    )
+
+
+def revocation_out_of_scope(
+    entry: Revocation, site: str, issuer: Trust, users: Mapping[str, User]
+) -> str | None:
+    """Why `site` may not spread this revocation, or None: an in-house site may revoke anything,
+    a partner site only its own tokens (ids `SITE~...`) and its own agents' tokens."""
+    if issuer is Trust.INHOUSE:
+        return None
+    if entry.kind is Kind.TOKEN and entry.subject.startswith(f"{site}~"):
+        return None
+    user = users.get(entry.subject)
+    if entry.kind is Kind.USER and user is not None and user.site == site:
+        return None
+    return (
+        f"partner site {site} may revoke only its own users' tokens, not "
+        f"{entry.kind.value} {entry.subject}"
+    )
 
 
 def _b64(data: bytes) -> str:
@@ -327,6 +442,8 @@ class Access(Enum):
     """The caller token of {call_id}; supervisors read; admin."""
     OWN_AGENT = "own-agent"
     """The agent {agent_id} itself; supervisors read; admin."""
+    ANY_TOKEN = "any-token"
+    """Anyone with a valid token (POST /logout)."""
     STAFF_READ = "staff-read"
     """Supervisors read (GET); admin."""
     ADMIN = "admin"
@@ -339,6 +456,8 @@ ACCESS: tuple[tuple[str, str, Access], ...] = (
     ("*", "/metrics", Access.OPEN),
     ("*", "/openapi.json", Access.OPEN),
     ("POST", "/login", Access.OPEN),
+    ("POST", "/logout", Access.ANY_TOKEN),
+    ("POST", "/revocations", Access.OPEN),  # the body is signed with the cluster secret
     ("GET", "/", Access.OPEN),
     ("GET", "/ui", Access.OPEN),
     ("GET", "/ui/*", Access.OPEN),
@@ -373,7 +492,7 @@ def decide(access: Access, method: str, claims: Claims | None, params: Mapping[s
         return
     if claims is None:
         raise AuthError("this route needs a token: POST /login, then Authorization: Bearer TOKEN")
-    if claims.role is Role.ADMIN:
+    if claims.role is Role.ADMIN or access is Access.ANY_TOKEN:
         return
     if claims.role is Role.SUPERVISOR and method in READS and access is not Access.ADMIN:
         return
@@ -398,12 +517,13 @@ class Login:
 
 
 class Auth:
-    """Users, the token signer and the rate limits of one node."""
+    """Users, the token signer (this site's key, every site's public key) and the rate limits of
+    one node."""
 
     def __init__(
         self,
         users: Mapping[str, User],
-        secret: bytes,
+        keys: SiteKeys,
         *,
         token_ttl_s: float = 8 * 3600,
         caller_limit: RateLimit | None = None,
@@ -411,20 +531,22 @@ class Auth:
         clock: Callable[[], int] = wall_ms,
     ) -> None:
         self.users = dict(users)
-        self.signer = TokenSigner(secret)
+        self.signer = TokenSigner(keys)
+        self.site = keys.site
         self.token_ttl_s = token_ttl_s
         self.caller_limit = caller_limit or RateLimit(2.0, 20)
         self.login_limit = login_limit or RateLimit(2.0, 10)
         self._clock = clock
+        self.revocations = Revocations()
         self._dummy_hash = hash_password(secrets.token_hex(8), n=SCRYPT_N)
 
     @classmethod
-    def from_file(cls, path: Path, secret: bytes, **options: Any) -> Auth:
+    def from_file(cls, path: Path, keys: SiteKeys, **options: Any) -> Auth:
         try:
             text = path.read_text()
         except OSError as error:
             raise UsersFileError(f"cannot read users file {path}: {error.strerror}") from None
-        return cls(users_from_toml(text), secret, **options)
+        return cls(users_from_toml(text), keys, **options)
 
     def admit_login(self, client: str) -> None:
         """Raise RateLimited past the login attempts allowed per client address (call it on the
@@ -438,13 +560,18 @@ class Auth:
         stored = known.password_hash if known is not None else self._dummy_hash
         if not verify_password(password, stored) or known is None:
             raise LoginFailed("unknown user or wrong password")
-        claims = Claims(known.name, known.role, self._clock() + int(self.token_ttl_s * 1000))
+        claims = self._claims(known.name, known.role)
         return Login(self.signer.issue(claims), claims)
+
+    def _claims(self, user: str, role: Role, call_id: str = "") -> Claims:
+        now = self._clock()
+        expires = now + int(self.token_ttl_s * 1000)
+        token_id = f"{self.site}~{secrets.token_urlsafe(16)}"
+        return Claims(user, role, expires, call_id, token_id, now, self.site)
 
     def token_for(self, user: str, role: Role, call_id: str = "") -> str:
         """A token without a password (the caller token of a new call; tests' admin token)."""
-        claims = Claims(user, role, self._clock() + int(self.token_ttl_s * 1000), call_id)
-        return self.signer.issue(claims)
+        return self.signer.issue(self._claims(user, role, call_id))
 
     def caller_token(self, call_id: str) -> str:
         return self.token_for(f"caller:{call_id}", Role.CALLER, call_id)
@@ -464,7 +591,7 @@ class Auth:
             return None  # a stale token must not keep anyone from health checks or pages
         claims = None
         if token is not None:
-            claims = self.signer.verify(token, self._clock())
+            claims = self.verify(token)
         elif access not in (Access.OPEN, Access.CALLER_START):
             raise AuthError(
                 "this route needs a token: POST /login, then Authorization: Bearer TOKEN"
@@ -477,20 +604,70 @@ class Auth:
             )
         return claims
 
+    def verify(self, token: str) -> Claims:
+        """The token's claims; raises AuthError, TokenExpired, OutOfScope or TokenRevoked."""
+        claims, issuer = self.signer.verify(token, self._clock())
+        beyond = out_of_scope(claims, issuer, self.site, self.users)
+        if beyond is not None:
+            raise OutOfScope(f"token refused: {beyond}")
+        refused = self.revocations.refusal(claims.user, claims.token_id, claims.issued_ms)
+        if refused is not None:
+            raise TokenRevoked(refused)
+        return claims
+
+    def sign(self, payload: str) -> str:
+        """This site's signature of `payload` (a revocation push)."""
+        return self.signer.sign(payload)
+
+    def check_revocations(self, site: str, payload: str, signature: str) -> Trust:
+        """The trust of `site`, whose signature of `payload` this is; raises AuthError."""
+        return self.signer.check(site, payload, signature)
+
+    def check_revocation_scope(self, site: str, trust: Trust, entry: Revocation) -> None:
+        """Raise OutOfScope unless `site` (of that trust) may spread this revocation."""
+        beyond = revocation_out_of_scope(entry, site, trust, self.users)
+        if beyond is not None:
+            raise OutOfScope(beyond)
+
+    def may_spread(self, entry: Revocation) -> bool:
+        """Whether this site may push the entry to other sites (a partner: its own users')."""
+        return revocation_out_of_scope(entry, self.site, self.signer.keys.trust, self.users) is None
+
+    def revoke_token(self, claims: Claims) -> Revocation:
+        """Revoke this one token (POST /logout); the entry to spread."""
+        if not claims.token_id:
+            raise AuthError("this token has no id and cannot be revoked alone: log in again")
+        entry = Revocation(Kind.TOKEN, claims.token_id, self._clock(), claims.expires_ms)
+        self.revocations.add(entry)
+        return entry
+
+    def revoke_user(self, user: str) -> Revocation:
+        """Revoke every token of `user` issued until now; the entry to spread. It is kept for
+        one token lifetime (plus a minute for clocks), past which those tokens expired anyway."""
+        now = self._clock()
+        entry = Revocation(Kind.USER, user, now, now + int(self.token_ttl_s * 1000) + 60_000)
+        self.revocations.add(entry)
+        return entry
+
     def profile(self, agent_id: str) -> Profile | None:
         user = self.users.get(agent_id)
         return user.profile if user is not None and user.role is Role.AGENT else None
 
 
 def auth_from(
-    users_file: str, secret: str, token_ttl_s: float, caller_rate_per_s: float, caller_burst: int
+    users_file: str,
+    keys: tuple[str, str, str],
+    token_ttl_s: float,
+    caller_rate_per_s: float,
+    caller_burst: int,
 ) -> Auth | None:
-    """The node's Auth from its config fields; None when no users file is configured."""
+    """The node's Auth from its config fields (`keys`: site, site_key, site_keys_file); None
+    when no users file is configured."""
     if not users_file:
         return None
     return Auth.from_file(
         Path(users_file),
-        secret.encode(),
+        load_site_keys(*keys),
         token_ttl_s=token_ttl_s,
         caller_limit=RateLimit(caller_rate_per_s, caller_burst),
     )

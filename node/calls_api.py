@@ -71,6 +71,7 @@ def add_call_routes(
     hub: EventHub,
     media: MediaPlane | None = None,
     estimate: Callable[[Call], float | None] = lambda call: None,
+    admit: Callable[[], None] = lambda: None,
 ) -> None:
     async def start(request: web.Request) -> web.Response:
         body = await _body(request)
@@ -86,7 +87,7 @@ def add_call_routes(
         if len(caller) > MAX_CALLER:
             raise BadRequest(f"caller must be at most {MAX_CALLER} characters")
         call, extra = await arrive_with_media(
-            media, body.get("sdp"), lambda: board.arrive(queue, caller, entry=entry)
+            media, body.get("sdp"), lambda: board.arrive(queue, caller, entry=entry), admit
         )
         reply = {**call_json(call, board.position(call)), **extra}
         return web.json_response({**reply, **caller_token(request, call.call_id)}, status=201)

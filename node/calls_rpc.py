@@ -112,10 +112,14 @@ class CallsServicer(pb_grpc.CallsServicer):
         desk: Callable[[], Desk | None],
         owner: Callable[[], Owner | None],
         rules: PeerRules | None = None,
+        met: Callable[[str], None] = lambda node_id: None,
     ) -> None:
+        """`met(node_id)`: a call's owner node asked for a reservation (so that a node whose
+        registry does not know it yet can learn its address before the agent answers)."""
         self._desk = desk
         self._owner = owner
         self._rules = rules
+        self._met = met
 
     def _peer(self, context: grpc.aio.ServicerContext) -> Identity | None:
         return self._rules.transport.peer(context) if self._rules is not None else None
@@ -156,6 +160,7 @@ class CallsServicer(pb_grpc.CallsServicer):
                 context,
                 peerpolicy.may_reserve(peer, call.owner_node, rules.site, rules.scopes, rules.view),
             )
+        self._met(call.owner_node)
         result = await desk.reserve(
             call, request.agent_id, request.ring_timeout_ms / 1000, request.wrap_up_ms / 1000
         )

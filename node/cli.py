@@ -29,6 +29,8 @@ QUICK: dict[str, dict[str, object]] = {
         "AGENTS": 20,
         "WARM_UP_CALLS": 2,
         "SUSTAINED_P99_MS": 10_000.0,
+        "CONCURRENT_STEPS": (3,),
+        "RTP_HOLD_S": 1.0,
     },
     "loadtest.bench_registry": {"AGENTS": 2_000, "DELTAS": 40, "REPEATS": 1},
     "loadtest.bench_gossip": {"SAMPLES": 20, "HEAL_AGENTS": 1_000, "TRAFFIC_S": 3.0},
@@ -119,15 +121,19 @@ def _node(args: argparse.Namespace) -> int:
 
 def _ca(args: argparse.Namespace) -> int:
     from node.ca import CaError, init_ca, issue
+    from node.sitekeys import SiteKeyError, write_site_key
     from registry.records import Trust
 
     try:
         if args.ca_command == "init":
             print(init_ca(args.dir))
+        elif args.ca_command == "site-key":
+            for path in write_site_key(args.dir, args.site, Trust[args.trust.upper()]):
+                print(path)
         else:
             for path in issue(args.dir, args.node, args.site, Trust[args.trust.upper()]):
                 print(path)
-    except CaError as error:
+    except (CaError, SiteKeyError) as error:
         print(f"callmesh ca: {error}", file=sys.stderr)
         return 2
     return 0
@@ -206,6 +212,12 @@ def parser() -> argparse.ArgumentParser:
     ca_issue.add_argument("--node", required=True, help="the node id (certificate CN)")
     ca_issue.add_argument("--site", required=True, help="the node's site (O)")
     ca_issue.add_argument("--trust", required=True, choices=["inhouse", "partner"], help="(OU)")
+    site_key = ca_commands.add_parser(
+        "site-key", help="make DIR/SITE.site.key (token signing) and add SITE to DIR/site-keys.toml"
+    )
+    site_key.add_argument("dir", type=Path)
+    site_key.add_argument("--site", required=True)
+    site_key.add_argument("--trust", required=True, choices=["inhouse", "partner"])
     ca.set_defaults(run=_ca)
     hashing = commands.add_parser(
         "hash-password", help="print the scrypt hash of a password for a users file"

@@ -80,6 +80,12 @@ class NodeConfig:
     media_mode: str = "forward"
     """How bridged audio goes between legs: forward (RTP forwarded, headers rewritten),
     transcode (decoded and encoded again), stock (aiortc's own tracks; benchmarks only)."""
+    max_cpu_share: float = 0.85
+    max_media_calls: int = 0
+    """Admission control: new calls bringing media (WebRTC callers, SIP INVITEs) are refused
+    (503 node_overloaded, naming other nodes) while this process uses more than max_cpu_share
+    of one core (0: no CPU limit), or carries max_media_calls media calls (0: no cap). Calls in
+    progress go on."""
     fault_injection: bool = False
     """Serve POST /debug/faults, which cuts links to other nodes and skews the registry clock,
     and write the reservation log (data_dir/reservations.jsonl); for tests and chaos runs only."""
@@ -89,10 +95,14 @@ class NodeConfig:
     """host:port gRPC addresses of the nodes behind the emulated WAN (the other sites' nodes)."""
     users_file: str = ""
     """HTTP authentication (docs/SECURITY.md): the users file (TOML, scrypt password hashes).
-    Empty: no authentication (development only). Needs `auth_secret`."""
-    auth_secret: str = ""
-    """The cluster secret tokens are signed with (HMAC-SHA256), the same on every node, at least
-    16 characters; set it through CALLMESH_AUTH_SECRET (a Kubernetes Secret), not a file."""
+    Empty: no authentication (development only). Needs `site_key` and `site_keys_file`."""
+    site_key: str = ""
+    """This site's private key (PEM, Ed25519; `callmesh ca site-key`), which signs the tokens
+    the site's nodes issue and their revocation pushes; held by this site's nodes only (a
+    Kubernetes Secret per site)."""
+    site_keys_file: str = ""
+    """Every site's trust and public key (TOML, node/sitekeys.py), the same file on every node:
+    a token or push is checked against the key of the site that signed it."""
     token_ttl_s: int = 8 * 3600
     """How long a login token is valid."""
     caller_rate_per_s: float = 2.0
@@ -125,6 +135,10 @@ class NodeConfig:
     """The queue calls from the trunk wait in (when no `sip_entry`)."""
     sip_entry: str = ""
     """The entry point (hook script, IVR) calls from the trunk arrive at, over `sip_queue`."""
+    sip_numbers: tuple[str, ...] = ()
+    """Dialled-number routing: "NUMBER=entry:NAME" or "NUMBER=queue:NAME" pairs, e.g.
+    ["+4930100=entry:main", "+4930200=queue:support"]; a number not listed gets 404. Empty:
+    every number goes to `sip_entry` (else `sip_queue`). Checked when SIP starts."""
     sip_answer: str = "agent"
     """When the trunk gets 200 OK: "agent" (when an agent answers; 180 with early media
     before) or "arrival" (at once)."""
@@ -175,13 +189,22 @@ class NodeConfig:
                 ) from None
         if self.media_mode not in ("forward", "transcode", "stock"):
             raise ConfigError(f"media_mode: {self.media_mode!r} is not forward, transcode or stock")
+        if not 0 <= self.max_cpu_share <= 1:
+            raise ConfigError(f"max_cpu_share: {self.max_cpu_share} is not in [0, 1] (0: off)")
+        if self.max_media_calls < 0:
+            raise ConfigError(f"max_media_calls: {self.max_media_calls} must be >= 0")
         if self.event_loop not in ("uvloop", "asyncio"):
             raise ConfigError(f"event_loop: {self.event_loop!r} is not uvloop or asyncio")
         self._check_sip()
-        if self.users_file and len(self.auth_secret) < 16:
+        if self.users_file and not self.site_key:
             raise ConfigError(
-                "auth_secret: users_file is set, so a cluster secret of at least 16 characters "
-                "is needed (CALLMESH_AUTH_SECRET)"
+                "site_key: users_file is set, so this site's private key file is needed "
+                "(callmesh ca site-key)"
+            )
+        if self.users_file and not self.site_keys_file:
+            raise ConfigError(
+                "site_keys_file: users_file is set, so the file of every site's public key is "
+                "needed (callmesh ca site-key)"
             )
         if not 60 <= self.token_ttl_s <= 7 * 86400:
             raise ConfigError(f"token_ttl_s: {self.token_ttl_s} is not in 60-604800 seconds")

@@ -12,7 +12,7 @@ import logging
 import random
 import shutil
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -62,6 +62,7 @@ class EtcdServer:
         cluster: Mapping[str, str] | None = None,
         binary: str = "etcd",
         start_timeout_s: float = 20.0,
+        prefix: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.data_dir = data_dir
@@ -71,6 +72,8 @@ class EtcdServer:
         self.cluster = dict(cluster or {name: self.peer_url})
         self.binary = binary
         self.start_timeout_s = start_timeout_s
+        self.prefix = list(prefix)
+        """Run before the binary (e.g. `ip netns exec NS`: it execs, so the pid is etcd's)."""
         self._process: asyncio.subprocess.Process | None = None
 
     @property
@@ -93,6 +96,7 @@ class EtcdServer:
             )
         initial = ",".join(f"{n}={url}" for n, url in sorted(self.cluster.items()))
         return [
+            *self.prefix,
             path,
             f"--name={self.name}",
             f"--data-dir={self.data_dir}",

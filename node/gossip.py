@@ -196,6 +196,14 @@ class Gossip:
         for wake in self._wakes.values():
             wake.set()
 
+    def reconcile_soon(self) -> None:
+        """Exchange digests with every peer now, not at the next interval: this node met a
+        node its registry does not know yet (an owner that started a moment ago and pushes
+        only to its own peers, not to a partner that dials in)."""
+        for peer in self.peers.values():
+            peer.next_digest = 0.0
+        self.changed()
+
     def apply(self, delta: Delta) -> int:
         """Merge what a peer sent; wake the loops so the change spreads further."""
         try:

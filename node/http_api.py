@@ -14,6 +14,7 @@ from aiohttp import web
 
 from node import metrics, openapi
 from node.auth import Auth, Claims, Role
+from node.revoker import Revoker, unsealed
 from node.sessions import Profile, Sessions
 from registry.errors import InvalidRecord
 from registry.records import (
@@ -45,8 +46,11 @@ _STATUS = {
     "offer_not_found": 404,
     "wrong_state": 409,
     "node_draining": 503,
+    "node_overloaded": 503,
     "unauthorized": 401,
     "token_expired": 401,
+    "token_revoked": 401,
+    "out_of_scope": 403,
     "login_failed": 401,
     "forbidden": 403,
     "rate_limited": 429,
@@ -218,6 +222,7 @@ def make_app(
     faults: Faults | None = None,
     auth: Auth | None = None,
     unreachable: Callable[[], list[str]] = list,
+    revoker: Revoker | None = None,
 ) -> web.Application:
     """`unreachable()`: the nodes this node's offers could not reach lately (GET /registry)."""
 
@@ -278,6 +283,33 @@ def make_app(
             }
         )
 
+    def need_revoker() -> tuple[Auth, Revoker]:
+        if auth is None or revoker is None:
+            raise AuthDisabled("authentication is off on this node (no users_file configured)")
+        return auth, revoker
+
+    async def user_logout(request: web.Request) -> web.Response:
+        auth, revoker = need_revoker()
+        claims = request[CLAIMS]
+        await revoker.revoked(auth.revoke_token(claims))
+        return web.json_response({"revoked": "token", "user": claims.user})
+
+    async def revoke_user(request: web.Request) -> web.Response:
+        auth, revoker = need_revoker()
+        user = request.match_info["user"]
+        try:
+            check_id("user", user)
+        except InvalidRecord as error:
+            raise BadRequest(str(error)) from None
+        entry = auth.revoke_user(user)
+        await revoker.revoked(entry)
+        return web.json_response({"revoked": "user", "user": user, "before_ms": entry.at_ms})
+
+    async def revocations(request: web.Request) -> web.Response:
+        auth, revoker = need_revoker()
+        entries = unsealed(auth, await _body(request))
+        return web.json_response({"received": len(entries), "new": await revoker.received(entries)})
+
     async def set_state(request: web.Request) -> web.Response:
         body = await _body(request)
         reason = body.get("reason", "")
@@ -314,6 +346,9 @@ def make_app(
     if auth is not None:
         app[AUTH] = auth
     app.router.add_post("/login", user_login)
+    app.router.add_post("/logout", user_logout)
+    app.router.add_post("/users/{user}/revoke", revoke_user)
+    app.router.add_post("/revocations", revocations)
     if faults is not None:
         app.router.add_post("/debug/faults", set_faults)
     app.router.add_get("/healthz", healthz)

@@ -20,6 +20,7 @@ from types import TracebackType
 from node.ca import CA_CERT, init_ca, issue
 from node.entries import sample_entries_toml, shipped_hooks_dir
 from node.etcd_server import EtcdServer, free_port
+from node.netns import SiteNamespaces
 from node.queues import DEFAULT_QUEUES_TOML
 from node.sampleusers import LocalCredentials
 from registry.records import Trust
@@ -54,14 +55,17 @@ class NodePlan:
     http_port: int
     grpc_port: int
     gateway: bool
+    host: str = "127.0.0.1"
+    """What the node binds (HTTP, gRPC, media): loopback, or its site's address in the site's
+    network namespace."""
 
     @property
     def grpc(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.host}:{self.grpc_port}"
 
     @property
     def http(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        return f"{self.host}:{self.http_port}"
 
     def toml(
         self,
@@ -83,8 +87,10 @@ class NodePlan:
             f"gateway = {'true' if self.gateway else 'false'}",
             f"remote_gateways = [{quoted}]",
             f'data_dir = "{data_dir}"',
-            'media_host = "127.0.0.1"',
+            f'media_host = "{self.host}"',
         ]
+        if self.host != "127.0.0.1":
+            lines += [f'http_host = "{self.host}"', f'grpc_host = "{self.host}"']
         if queues_file is not None:
             lines.append(f'queues_file = "{queues_file}"')
         if fast:
@@ -109,9 +115,18 @@ def local_trunk_toml() -> str:
     )
 
 
-def plan_nodes(sites: list[SitePlan]) -> list[NodePlan]:
+def plan_nodes(sites: list[SitePlan], hosts: Mapping[str, str] | None = None) -> list[NodePlan]:
+    """Every node's ports (and host: `hosts` maps a site to its address, else loopback)."""
+    hosts = hosts or {}
     return [
-        NodePlan(f"{site.name}-n{i + 1}", site, free_port(), free_port(), gateway=i == 0)
+        NodePlan(
+            f"{site.name}-n{i + 1}",
+            site,
+            free_port(),
+            free_port(),
+            gateway=i == 0,
+            host=hosts.get(site.name, "127.0.0.1"),
+        )
         for site in sites
         for i in range(site.nodes)
     ]
@@ -130,15 +145,20 @@ class LocalCluster:
         wan_delay_ms: float = 0.0,
         extra_toml: Mapping[str, str] | None = None,
         tls: bool = True,
+        netns: bool = False,
     ) -> None:
         self.sites = sites
+        self.namespaces = SiteNamespaces.for_sites([s.name for s in sites]) if netns else None
+        """With `netns`: each site's etcd and nodes run in the site's own network namespace at
+        the site's address (node/netns.py), built on entry and removed on exit; the chaos
+        nemesis cuts links between sites there. Root only."""
         self.pki = root / "pki" if tls else None
         """Mutual TLS between the nodes: the CA and every node's certificate (node/ca.py)."""
         if self.pki is not None:
             init_ca(self.pki)
         self.extra_toml = dict(extra_toml or {})  # node id -> more config lines (e.g. SIP)
-        self.credentials = LocalCredentials(root, fast=fast)
-        """The users file (admin, supervisor, sample agents), the cluster secret, tokens:
+        self.credentials = LocalCredentials(root, sites={s.name: s.trust for s in sites}, fast=fast)
+        """The users file (admin, supervisor, sample agents), a signing key per site, tokens:
         `cluster.credentials.headers()` is an admin's Authorization header."""
         self.wan_delay_ms = wan_delay_ms  # one way, between nodes of different sites (node/wan.py)
         if queues_toml is None:  # the sample queues and the awk menu at entry point "main"
@@ -147,7 +167,8 @@ class LocalCluster:
         self.queues_file.write_text(queues_toml)
         self.root = root
         self.fast = fast
-        self.plans = {plan.node_id: plan for plan in plan_nodes(sites)}
+        hosts = {s.site: s.address for s in self.namespaces.plan.sites} if self.namespaces else None
+        self.plans = {plan.node_id: plan for plan in plan_nodes(sites, hosts)}
         self.etcds: dict[str, list[EtcdServer]] = {}
         self.processes: dict[str, asyncio.subprocess.Process] = {}
         self.banners: dict[str, str] = {}
@@ -155,6 +176,8 @@ class LocalCluster:
 
     async def __aenter__(self) -> LocalCluster:
         try:
+            if self.namespaces is not None:  # removed last, once every process has stopped
+                await self._stack.enter_async_context(self.namespaces)
             for site in self.sites:
                 await self._start_etcd(site)
             self._stack.push_async_callback(self._stop_all_nodes)
@@ -178,13 +201,17 @@ class LocalCluster:
     async def _start_etcd(self, site: SitePlan) -> None:
         """The site's etcd members, started together (a cluster needs a quorum to be healthy)."""
         names = [f"{site.name}-etcd{i + 1}" for i in range(site.etcd_members)]
-        peers = {name: f"http://127.0.0.1:{free_port()}" for name in names}
+        host = self._host(site.name)
+        peers = {name: f"http://{host}:{free_port()}" for name in names}
         members = [
             EtcdServer(
                 name,
                 self.root / name,
+                host=host,
+                client_port=free_port(),  # planned on loopback: a namespace's ports are all free
                 peer_port=int(peers[name].rsplit(":", 1)[1]),
                 cluster=peers,
+                prefix=self._prefix(site.name),
             )
             for name in names
         ]
@@ -193,6 +220,13 @@ class LocalCluster:
             self._stack.push_async_callback(member.stop)
         await asyncio.gather(*(m.start() for m in members))
         await asyncio.gather(*(m.wait_healthy() for m in members))
+
+    def _host(self, site: str) -> str:
+        return "127.0.0.1" if self.namespaces is None else self.namespaces.address(site)
+
+    def _prefix(self, site: str) -> list[str]:
+        """What runs a command in the site's namespace (nothing without namespaces)."""
+        return [] if self.namespaces is None else self.namespaces.prefix(site)
 
     def etcd_urls(self, site: str) -> list[str]:
         return [member.client_url for member in self.etcds[site]]
@@ -215,7 +249,7 @@ class LocalCluster:
         etcd_urls = self.etcd_urls(plan.site.name)
         data_dir = self.root / f"{node_id}-data"
         config = plan.toml(etcd_urls, gateways, self.fast, data_dir, self.queues_file)
-        config += self.credentials.toml() + self._tls_toml(plan)
+        config += self.credentials.toml(plan.site.name) + self._tls_toml(plan)
         config += self.extra_toml.get(node_id, "")
         if self.wan_delay_ms:
             others = ", ".join(f'"{p.grpc}"' for p in self.plans.values() if p.site != plan.site)
@@ -223,6 +257,7 @@ class LocalCluster:
         self.config_path(node_id).write_text(config)
         with self.log_path(node_id).open("ab") as log:
             self.processes[node_id] = await asyncio.create_subprocess_exec(
+                *self._prefix(plan.site.name),  # `ip netns exec` execs: the pid is the node's
                 sys.executable,
                 "-m",
                 "node",

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from media.offer import check_offer
 from node.agentdesk import AgentDesk, OfferError
 from node.callstate import Call
 from node.http_api import BadRequest, _body, agent_id_from
@@ -17,16 +18,22 @@ SDP_EXAMPLE = '{"sdp": "v=0\\r\\n..."} (a WebRTC offer with audio)'
 
 
 async def arrive_with_media(
-    plane: MediaPlane | None, sdp: object, arrive: Callable[[], Awaitable[Call]]
+    plane: MediaPlane | None,
+    sdp: object,
+    arrive: Callable[[], Awaitable[Call]],
+    admit: Callable[[], None] = lambda: None,
 ) -> tuple[Call, dict[str, Any]]:
     """The call, and what its 201 reply adds: the node's SDP answer when the caller sent an
-    offer; nothing for a signalling-only call."""
+    offer; nothing for a signalling-only call. `admit()` raises when the node takes no new media
+    calls now (admission control)."""
     if sdp is None:
         return await arrive(), {}
     if not isinstance(sdp, str):
         raise BadRequest(f"sdp must be a string: {SDP_EXAMPLE}")
     if plane is None:
         raise BadRequest("this node carries no media: place the call without sdp")
+    check_offer(sdp)  # a bad offer is the caller's error (400), whatever the node's load
+    admit()
     call, answer = await plane.call_in(sdp, arrive)
     return call, {"sdp": answer, "type": "answer"}
 

@@ -1,19 +1,29 @@
 """The Media gRPC service (node-to-node legs, protos/calls.proto) and the link that calls it on
-other nodes. Protobuf messages stop here."""
+other nodes. Protobuf messages stop here.
+
+With `PeerRules` (node/calls_rpc.py), a partner peer may open or close a leg only for a call its
+site's nodes own and that the agent is offered here (node/peerpolicy.py `may_relay`), as for
+releases in the call exchange; otherwise PERMISSION_DENIED.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Protocol
 
 import grpc
 
+from node import metrics, peerpolicy
+from node.calls_rpc import PeerRules
 from node.transport import PLAIN, Transport
 from protos import calls_pb2 as pb
 from protos import calls_pb2_grpc as pb_grpc
 from registry.errors import InvalidRecord
 from registry.records import check_id
 from registry.registry import Registry
+
+log = logging.getLogger(__name__)
 
 _ADDRESS_MAX = 64
 
@@ -33,8 +43,26 @@ class HomeMedia(Protocol):
 
 
 class MediaServicer(pb_grpc.MediaServicer):
-    def __init__(self, plane: Callable[[], HomeMedia | None]) -> None:
+    def __init__(
+        self, plane: Callable[[], HomeMedia | None], rules: PeerRules | None = None
+    ) -> None:
         self._plane = plane
+        self._rules = rules
+
+    def _refusal(
+        self, context: grpc.aio.ServicerContext, call_id: str, agent_id: str
+    ) -> str | None:
+        """Why this peer may not touch the leg of (call, agent) here, or None."""
+        if self._rules is None:
+            return None
+        peer = self._rules.transport.peer(context)
+        owner = self._rules.offer_owner(call_id, agent_id)
+        return peerpolicy.may_relay(peer, owner, self._rules.view)
+
+    async def _refuse(self, context: grpc.aio.ServicerContext, reason: str) -> None:
+        log.warning("media leg refused: %s", reason)
+        metrics.registry_refused("peer", "partner_scope")
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
 
     async def _need(self, context: grpc.aio.ServicerContext) -> HomeMedia:
         plane = self._plane()
@@ -55,6 +83,9 @@ class MediaServicer(pb_grpc.MediaServicer):
         except InvalidRecord as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
             raise
+        refused = self._refusal(context, request.call_id, request.agent_id)
+        if refused is not None:
+            await self._refuse(context, refused)
         try:
             address = await plane.open_leg(request.call_id, request.agent_id, request.address)
         except NoMedia as error:
@@ -66,6 +97,12 @@ class MediaServicer(pb_grpc.MediaServicer):
         self, request: pb.MediaCloseRequest, context: grpc.aio.ServicerContext
     ) -> pb.Empty:
         plane = await self._need(context)
+        refused = self._refusal(context, request.call_id, request.agent_id)
+        if refused is not None:
+            assert self._rules is not None
+            if self._rules.offer_owner(request.call_id, request.agent_id) is None:
+                return pb.Empty()  # no such offer here (released already): nothing to close
+            await self._refuse(context, refused)
         await plane.close_leg(request.call_id, request.agent_id)
         return pb.Empty()
 

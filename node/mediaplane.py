@@ -92,6 +92,7 @@ class MediaPlane:
         records_queue: Callable[[str], bool] = lambda queue: False,
         recorded: Callable[[str, str], None] = lambda call_id, file: None,
         trunk_leg: Callable[[str], Leg | None] = lambda call_id: None,
+        phone_leg: Callable[[str, str], Leg | None] = lambda call_id, agent_id: None,
         call_live: Callable[[str], bool] = lambda call_id: True,
     ) -> None:
         self.node_id = node_id
@@ -106,6 +107,8 @@ class MediaPlane:
         self._recorded = recorded
         self._trunk_leg = trunk_leg  # a SIP call's RTP leg (sip/leg.py), owned by the trunk
         self._call_live = call_live  # whether the switchboard still holds the call
+        self._phone_leg = phone_leg  # an agent's external phone's RTP leg (sip/phones.py)
+        self._phones: dict[Key, Port] = {}  # -> the phone leg's port, while the call lasts
         self.callers: dict[str, Port] = {}  # call id -> the caller's WebRTC leg (owner side)
         self._trunks: dict[str, Port] = {}  # call id -> its trunk leg's port (owner side)
         self.agents: dict[str, Port] = {}  # agent id -> the agent's leg (home side)
@@ -119,6 +122,11 @@ class MediaPlane:
         self._reported: dict[int, tuple[int, int]] = {}  # id(port) -> packets, lost counted
         self._stock: Any = None  # media_mode = "stock": the node's one aiortc MediaRelay
         self._tasks = Tasks(f"media {node_id}")
+
+    @property
+    def calls_carried(self) -> int:
+        """Calls whose caller's media is on this node (WebRTC callers and trunk legs)."""
+        return len(self.callers) + len(self._trunks)
 
     @property
     def _relay_host(self) -> str:
@@ -221,7 +229,7 @@ class MediaPlane:
     async def _agent_port(self, call_id: str, agent_id: str, node: str) -> Port | None:
         """The agent's leg here, or a node-to-node leg bridged to it at its home node."""
         if node == self.node_id:
-            port = self.agents.get(agent_id)
+            port = self._agent_here(call_id, agent_id)
             if port is None:
                 log.info("call %s: agent %s has no media here", call_id, agent_id)
             return port
@@ -240,6 +248,20 @@ class MediaPlane:
         relay.connect(address)
         log.info("call %s: %s reached at %s through %s", call_id, agent_id, node, address)
         return Port(relay, "internode")
+
+    def _agent_here(self, call_id: str, agent_id: str) -> Port | None:
+        """The agent's leg on this node for `call_id`: its page's WebRTC leg, or the RTP leg of
+        the call out to its external phone (the audio is on the phone)."""
+        port = self.agents.get(agent_id)
+        if port is not None:
+            return port
+        key = (call_id, agent_id)
+        port = self._phones.get(key)
+        if port is None:
+            leg = self._phone_leg(call_id, agent_id)
+            if leg is not None:
+                port = self._phones[key] = Port(leg, "phone")
+        return port
 
     def _recorder(self, call: Call) -> Recorder | None:
         """The call's recording, started at its first bridge when its queue records."""
@@ -280,6 +302,8 @@ class MediaPlane:
         recorder = self.recorders.pop(call_id, None)
         if recorder is not None:
             recorder.close()
+        for key in [k for k in self._phones if k[0] == call_id]:  # phone lines close theirs
+            self._report(self._phones.pop(key), final=True)
         trunk = self._trunks.pop(call_id, None)  # the trunk closes its own leg
         if trunk is not None:
             self._report(trunk, final=True)
@@ -337,7 +361,7 @@ class MediaPlane:
 
     async def open_leg(self, call_id: str, agent_id: str, owner_address: str) -> str:
         """The owner of `call_id` asks: bridge this agent's leg to RTP at `owner_address`."""
-        agent = self.agents.get(agent_id)
+        agent = self._agent_here(call_id, agent_id)
         if agent is None:
             raise NoMedia(f"agent {agent_id} has no media session on node {self.node_id}")
         if not self._has_offer(agent_id, call_id):
@@ -362,6 +386,12 @@ class MediaPlane:
         if self._relays.get(key, (None, "x"))[1] == "":  # the home end of a node-to-node leg
             self._unbridge(key)
             self._close_relay(key)
+        phone = self._phones.pop(key, None)  # the phone line hangs up and closes its own leg
+        if phone is not None:
+            bridge = self.bridges.get(key)
+            if bridge is not None and phone in (bridge.caller, bridge.agent):
+                self._unbridge(key)
+            self._report(phone, final=True)
 
     def hold(self, call_id: str, agent_id: str, on: bool) -> None:
         """Hold (music toward the caller, nothing either way) or resume, where the agent's

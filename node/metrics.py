@@ -54,10 +54,25 @@ WAIT_RESULTS = ("answered", "abandoned", "overflowed", "voicemail", "failed")
 """`result` of CALL_WAIT: how a wait in a queue ended."""
 OFFER_RESULTS = ("accepted", "refused", "timeout", "expired", "failed")
 """`result` of OFFERS and RESERVATION: what the agent's home node answered, or why not."""
-MEDIA_KINDS = ("caller", "agent", "internode", "trunk")
+MEDIA_KINDS = ("caller", "agent", "internode", "trunk", "phone")
 """`kind` of the media metrics: which leg."""
 HOOK_RESULTS = ("ok", "failed", "timeout")
 """`result` of HOOK_RUNS."""
+SIP_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "other")
+"""`method` of SIP_REQUESTS (any other method is counted as "other")."""
+SIP_STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "none")
+"""`status_class` of SIP_REQUESTS: the final response the node gave ("none": an ACK)."""
+SIP_REFUSALS = (
+    "unknown_number",
+    "not_allowed",
+    "unauthorized",
+    "bad_offer",
+    "no_rtp_port",
+    "draining",
+    "overloaded",
+    "other",
+)
+"""`reason` of SIP_CALLS_REFUSED."""
 
 
 def state_label(state: AgentState) -> str:
@@ -125,6 +140,14 @@ MEDIA_LEGS = Gauge(
     "Media legs open on this node, by kind of leg.",
     ["site", "kind"],
 )
+CPU_SHARE = Gauge(
+    "callmesh_cpu_share_ratio",
+    "Share of one core this node's process used, smoothed over a few seconds (admission control).",
+)
+MEDIA_CALLS_REFUSED = Counter(
+    "callmesh_media_calls_refused",
+    "New media calls refused by admission control (the node near the end of its core or its cap).",
+)
 MEDIA_PACKETS_RECEIVED = Counter(
     "callmesh_media_packets_received",
     "RTP packets received on this node's media legs.",
@@ -158,6 +181,40 @@ HOOK_DURATION = Histogram(
     ["site", "hook"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+
+# -- SIP (sip/trunk.py and sip/phones.py update these) --------------------------------------------
+
+SIP_REQUESTS = Counter(
+    "callmesh_sip_requests",
+    "SIP requests from trunks and phones, by method and the class of the final response sent.",
+    ["method", "status_class"],
+)
+SIP_CALLS_ACTIVE = Gauge(
+    "callmesh_sip_calls_active",
+    "SIP dialogs open now: calls in from trunks (in), calls out to agents' phones (out).",
+    ["direction"],
+)
+SIP_CALLS_REFUSED = Counter(
+    "callmesh_sip_calls_refused",
+    "INVITEs from trunks the node did not take, by reason (e.g. unknown_number: no route for "
+    "the dialled number).",
+    ["reason"],
+)
+SIP_MALFORMED = Counter(
+    "callmesh_sip_malformed",
+    "SIP messages that could not be parsed (answered 400 when they could be, else dropped).",
+)
+
+
+def sip_request(method: str, status: int | None) -> None:
+    """Count one SIP request and the final response the node gave it (None: none, an ACK)."""
+    label = method if method in SIP_METHODS else "other"
+    SIP_REQUESTS.labels(label, "none" if status is None else f"{status // 100}xx").inc()
+
+
+def sip_refused(reason: str) -> None:
+    SIP_CALLS_REFUSED.labels(reason if reason in SIP_REFUSALS else "other").inc()
+
 
 # -- the fabric: registry, gossip, etcd, sessions (instrumented in node/) -----------------------
 

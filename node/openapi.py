@@ -40,6 +40,7 @@ def _op(
 AGENT = {"name": "agent_id", "in": "path", "required": True, "schema": {"type": "string"}}
 SDP = {"type": "string", "maxLength": 20000}
 BOOL = {"type": "boolean"}
+USER = {"name": "user", "in": "path", "required": True, "schema": {"type": "string"}}
 CALL = {"name": "call_id", "in": "path", "required": True, "schema": {"type": "string"}}
 DIGITS_BODY = {
     "type": "object",
@@ -251,6 +252,38 @@ PATHS: dict[str, dict[str, Any]] = {
     "/supervisor": {
         "get": _op("Agents by state and waiting calls, per site", errors=(), tag="supervisors")
     },
+    # last: schemathesis walks the paths in order, and these revoke the token it uses
+    "/logout": {
+        "post": _op(
+            "Revoke the token this request carries, at every node of every site",
+            errors=(401, 404),
+            tag="authentication",
+        )
+    },
+    "/users/{user}/revoke": {
+        "post": _op(
+            "Revoke every token of a user issued until now, at every node of every site",
+            errors=(400, 404),
+            tag="authentication",
+        )
+    },
+    "/revocations": {
+        "post": _op(
+            "Revocations pushed by another site's node (signed with that site's key; a partner "
+            "site may revoke only its own users' tokens)",
+            body={
+                "type": "object",
+                "required": ["site", "revocations", "signature"],
+                "properties": {
+                    "site": {"type": "string"},
+                    "revocations": {"type": "string"},
+                    "signature": {"type": "string"},
+                },
+            },
+            errors=(400, 401, 403, 404),
+            tag="authentication",
+        )
+    },
 }
 
 
@@ -262,7 +295,7 @@ def _secured(path: str, method: str, op: dict[str, Any]) -> dict[str, Any]:
     if access is Access.OPEN:
         return {**op, "security": []}
     if access is Access.CALLER_START:
-        responses["401"] = responses["429"] = error
+        responses["401"] = responses["403"] = responses["429"] = error  # 403: out of scope
         return {**op, "responses": responses, "security": [{}, {"bearer": []}]}
     responses["401"] = responses["403"] = error
     return {
@@ -276,7 +309,8 @@ def _secured(path: str, method: str, op: dict[str, Any]) -> dict[str, Any]:
 def document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for path, operations in PATHS.items():
-        parameters = [p for p, name in ((AGENT, "{agent_id}"), (CALL, "{call_id}")) if name in path]
+        named = ((AGENT, "{agent_id}"), (CALL, "{call_id}"), (USER, "{user}"))
+        parameters = [p for p, name in named if name in path]
         paths[path] = {
             method: _secured(path, method, {**op, "parameters": parameters} if parameters else op)
             for method, op in operations.items()

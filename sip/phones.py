@@ -21,6 +21,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from node import metrics
 from node.exchange import AgentAction
 from node.tasks import Tasks
 from sip import sdp
@@ -195,6 +196,7 @@ class Phones:
         )
         self._calls[sip_call_id] = phone
         self._by_offer[(agent_id, call_id)] = phone
+        metrics.SIP_CALLS_ACTIVE.labels("out").set(len(self._by_offer))
         self._send(phone.invite, self._outbound)
         self._resend.start(
             (sip_call_id, "INVITE"), lambda: self._send(phone.invite, self._outbound)
@@ -249,6 +251,7 @@ class Phones:
     def _end(self, phone: PhoneCall) -> None:
         phone.phase = "ended"
         self._by_offer.pop((phone.agent_id, phone.call_id), None)
+        metrics.SIP_CALLS_ACTIVE.labels("out").set(len(self._by_offer))
         self._ports.close(phone.sip_call_id)
         # the Call-ID stays known a while so late responses and retransmissions are absorbed
         asyncio.get_running_loop().call_later(32, self._calls.pop, phone.sip_call_id, None)
@@ -263,18 +266,17 @@ class Phones:
             self._response(phone, message)
         elif message.method == "BYE":
             self._send(render_response(message.reply_headers(), Reply(200)), peer)
+            metrics.sip_request("BYE", 200)
             if phone.phase == "up":
                 log.info("agent %s phone: the phone hung up call %s", phone.agent_id, phone.call_id)
                 self._end(phone)
                 self._tasks.spawn(self._phone_gone(phone), "phone hung up")
         elif message.method != "ACK":
-            self._send(
-                render_response(
-                    message.reply_headers(),
-                    Reply(200 if message.method == "OPTIONS" else 405, new_tag()),
-                ),
-                peer,
-            )
+            status = 200 if message.method == "OPTIONS" else 405
+            self._send(render_response(message.reply_headers(), Reply(status, new_tag())), peer)
+            metrics.sip_request(message.method, status)
+        else:
+            metrics.sip_request("ACK", None)
 
     def _response(self, phone: PhoneCall, response: Response) -> None:
         _, method = response.cseq

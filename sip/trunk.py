@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from node import metrics
 from node.callstate import Call, CallEvent, CallState, Outcome
 from node.tasks import Tasks
 from sip import digest, sdp
@@ -56,8 +57,15 @@ log = logging.getLogger(__name__)
 
 TRANSACTION_S = GIVE_UP_S  # how long a transaction's last response is kept
 MAX_TRANSACTIONS = 10_000
-REFUSALS = {"node_draining": 503, "queue_not_found": 404, "entry_not_found": 404}
-"""The SIP status of a call the node does not take, by the error's code (else 500)."""
+REFUSALS = {
+    "node_draining": (503, "draining"),
+    "node_overloaded": (503, "overloaded"),
+    "queue_not_found": (404, "unknown_number"),
+    "entry_not_found": (404, "unknown_number"),
+    "number_not_found": (404, "unknown_number"),
+}
+"""The SIP status of a call the node does not take and its metrics reason, by the error's code
+(else 500, "other")."""
 
 
 class Admit(Protocol):
@@ -148,6 +156,9 @@ class Trunk:
         self._resend.close()
         await self._tasks.close()
         self._ports.close_all()
+        self.dialogs.clear()
+        self._by_call.clear()
+        self._count_active()
 
     # -- messages in ------------------------------------------------------------------------------
 
@@ -157,6 +168,7 @@ class Trunk:
             message = parse(data)
         except Malformed as error:
             self.malformed += 1
+            metrics.SIP_MALFORMED.inc()
             log.info("sip message from %s refused: %s", peer, error.problem)
             if allowed and error.reply_to is not None and not data.startswith(b"ACK "):
                 reply = Reply(400, new_tag(), _reason(error.problem), content_type="")
@@ -167,6 +179,9 @@ class Trunk:
             if isinstance(message, Request) and message.method != "ACK":
                 reply = Reply(403, new_tag())
                 self._send(render_response(message.reply_headers(), reply), peer)
+                metrics.sip_request(message.method, 403)
+                if message.method == "INVITE":
+                    metrics.sip_refused("not_allowed")
             return
         phones = self.phones
         if isinstance(message, Response):
@@ -198,6 +213,8 @@ class Trunk:
     def _reply(self, request: Request, peer: Peer, reply: Reply) -> bytes:
         data = render_response(request.reply_headers(), reply)
         self._send(data, peer)
+        if reply.status >= 200:
+            metrics.sip_request(request.method, reply.status)
         self._remember(request, data, peer)
         return data
 
@@ -239,6 +256,7 @@ class Trunk:
                     credentials, self._secret, time.time(), stale=verdict == "stale"
                 )
                 log.info("sip INVITE %s from %s: %s credentials", request.call_id, peer, verdict)
+                metrics.sip_refused("unauthorized")
                 self._reply_final(
                     request, peer, Reply(401, new_tag(), (("www-authenticate", challenge),))
                 )
@@ -247,9 +265,11 @@ class Trunk:
             offer = sdp.parse_offer(request.body)
             offer.codec()
         except Malformed as error:
+            metrics.sip_refused("bad_offer")
             self._reply_final(request, peer, Reply(400, new_tag(), _reason(error.problem)))
             return
         except sdp.NotAcceptable as error:
+            metrics.sip_refused("bad_offer")
             self._reply_final(request, peer, Reply(488, new_tag(), _reason(str(error))))
             return
         caller = user_of(uri_of(request.header("from") or "")) or "anonymous"
@@ -264,18 +284,23 @@ class Trunk:
             leg = await self._ports.open(request.call_id)
         except NoPortFree as error:
             log.warning("sip INVITE %s: %s", request.call_id, error)
+            metrics.sip_refused("no_rtp_port")
             self._reply_final(request, peer, Reply(503, new_tag(), _reason(str(error))))
             return
         leg.configure(offer.codec(), offer.telephone_event, (offer.host, offer.port), offer.on_hold)
         dialog = Dialog(request.call_id, peer, request, new_tag(), leg, offer, caller, dialled)
         self.dialogs[request.call_id] = dialog
+        self._count_active()
         try:
             call = await self._admit(caller, dialled, f"sip:{peer.host}:{peer.port}")
         except Exception as error:
             code = getattr(error, "code", "")
-            status = REFUSALS.get(code, 500)
+            status, reason = REFUSALS.get(code, (500, "other"))
             if status == 500:
                 log.exception("sip INVITE %s: the call was not accepted", request.call_id)
+            else:
+                log.info("sip INVITE %s refused (%d): %s", request.call_id, status, error)
+            metrics.sip_refused(reason)
             self._forget(dialog)
             self._reply_final(request, peer, Reply(status, dialog.local_tag, _reason(str(error))))
             return
@@ -377,6 +402,7 @@ class Trunk:
     # -- ACK, BYE, CANCEL, OPTIONS ----------------------------------------------------------------
 
     def _ack(self, request: Request, peer: Peer) -> None:
+        metrics.sip_request("ACK", None)
         self._stop_resend((request.call_id, request.cseq[0], "INVITE"))
         dialog = self.dialogs.get(request.call_id)
         if dialog is not None and dialog.phase is Phase.ANSWERED:
@@ -426,6 +452,10 @@ class Trunk:
         self.dialogs.pop(dialog.sip_call_id, None)
         self._by_call.pop(dialog.call_id, None)
         self._ports.close(dialog.sip_call_id)
+        self._count_active()
+
+    def _count_active(self) -> None:
+        metrics.SIP_CALLS_ACTIVE.labels("in").set(len(self.dialogs))
 
     # -- the call's life on the node ---------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """Chaos schedules end to end: a short one by default, longer ones marked slow. The checker must
-find no violation of I1-I4 and a quiet end."""
+find no violation of I1-I4 and a quiet end. Where network namespaces can be built (root: CI),
+the links are cut there; elsewhere through the nodes' fault injection."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from chaos.runner import Options, run_schedule
+from chaos.runner import Options, choose_netns, run_schedule
+from node.netns import unavailable
+
+NETNS = unavailable() is None
 
 
 async def test_a_short_schedule_of_every_fault_kind_breaks_no_invariant(tmp_path: Path) -> None:
@@ -21,7 +25,11 @@ async def test_a_short_schedule_of_every_fault_kind_breaks_no_invariant(tmp_path
     assert result.checked["reservations"] > 0  # the reservation logs were written and read
     assert result.checked["slot_events"] > 0  # and the etcd history of the slots
     assert result.converged_after_s is not None
+    assert result.converged_after_s <= 10.0
     assert lines[0].startswith("schedule seed=7")
+    assert result.cut_mechanism == ("netns" if NETNS else "faults")
+    assert lines[1].startswith("cuts: network namespaces" if NETNS else "cuts: fault injection")
+    assert result.faults.get("CutLink", 0) >= 1, lines  # a cut ran, by that mechanism
 
 
 @pytest.mark.slow
@@ -44,6 +52,20 @@ async def test_longer_schedules_break_no_invariant(tmp_path: Path, seed: int) ->
     lines: list[str] = []
     result = await run_schedule(seed, Options(duration_s=90, root=tmp_path, say=lines.append))
     assert result.violations == (), "\n".join(lines)
+
+
+def test_a_run_falls_back_to_fault_injection_or_refuses_when_namespaces_are_insisted_on() -> None:
+    assert choose_netns(False) == (
+        False,
+        "cuts: fault injection (POST /debug/faults), since namespaces: not asked for",
+    )
+    if NETNS:
+        assert choose_netns(None)[0]
+        assert choose_netns(True)[0]
+    else:
+        assert choose_netns(None)[0] is False
+        with pytest.raises(ValueError, match="network namespaces unavailable"):
+            choose_netns(True)
 
 
 def test_the_command_refuses_a_run_without_schedules_or_time(

@@ -161,6 +161,10 @@ def test_i4_registries_differ_or_converge_late() -> None:
     found = check(replace(history, final_views=views))
     assert [(v.invariant, v.subject) for v in found] == [("I4", "n2")]
     assert invariants(replace(history, converged_after_s=None)) == {"I4": 1}
+    late = check(replace(history, converged_after_s=12.5, registry_bound_s=10.0))
+    assert [(v.invariant, v.subject) for v in late] == [("I4", "registry")]
+    assert "12.5 s after the last heal (bound 10 s)" in late[0].what
+    assert check(replace(history, converged_after_s=10.0, registry_bound_s=10.0)) == []
     missing = {"n1": (view("ann"),), "n2": ()}
     assert invariants(replace(history, final_views=missing)) == {"I4": 1}
 

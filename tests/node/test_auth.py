@@ -35,10 +35,14 @@ from node.auth import (
 from node.config import ConfigError, NodeConfig
 from node.http_api import caller_token, make_app
 from node.sessions import Profile
+from node.sitekeys import SiteKeyError, SiteKeys, generate
 from registry.records import AgentRecord, AgentState, Trust
 from registry.registry import Registry
 
-SECRET = b"0123456789abcdef-test-secret"
+RING, PRIVATE = generate({"site-a": Trust.INHOUSE, "partner-c": Trust.PARTNER})
+KEYS = SiteKeys("site-a", PRIVATE["site-a"], RING)
+"""site-a's node: it signs with site-a's key and knows site-a's and partner-c's public keys."""
+FOREIGN_RING, FOREIGN = generate({"site-a": Trust.INHOUSE, "site-x": Trust.INHOUSE})
 FAST_N = 2**10
 
 
@@ -54,26 +58,40 @@ def test_password_hash_verifies_only_the_password_and_is_salted() -> None:
 
 
 def test_tokens_verify_expire_and_refuse_tampering() -> None:
-    signer = TokenSigner(SECRET)
+    signer = TokenSigner(KEYS)
     token = signer.issue(Claims("ann", Role.AGENT, 10_000))
-    assert signer.verify(token, 9_999) == Claims("ann", Role.AGENT, 10_000)
+    assert signer.verify(token, 9_999) == (
+        Claims("ann", Role.AGENT, 10_000, site="site-a"),
+        Trust.INHOUSE,
+    )
     with pytest.raises(TokenExpired):
         signer.verify(token, 10_000)
     version, _payload, signature = token.split(".")
-    forged = TokenSigner(b"another-secret-of-16-bytes").issue(Claims("ann", Role.ADMIN, 10_000))
-    with pytest.raises(AuthError, match="signature"):
+    forged = signer.issue(Claims("ann", Role.ADMIN, 10_000))
+    with pytest.raises(AuthError, match="signature does not verify under site site-a's key"):
         signer.verify(f"{version}.{forged.split('.')[1]}.{signature}", 0)
+    # a key the ring does not hold, for a site it knows or for one it does not
+    foreign = TokenSigner(SiteKeys("site-a", FOREIGN["site-a"], FOREIGN_RING))
+    with pytest.raises(AuthError, match="does not verify under site site-a's key"):
+        signer.verify(foreign.issue(Claims("root", Role.ADMIN, 10_000)), 0)
+    unknown = TokenSigner(SiteKeys("site-x", FOREIGN["site-x"], FOREIGN_RING))
+    with pytest.raises(AuthError, match="site 'site-x', which has no key in the key ring"):
+        signer.verify(unknown.issue(Claims("root", Role.ADMIN, 10_000)), 0)
     with pytest.raises(AuthError):
         signer.verify("garbage", 0)
-    with pytest.raises(AuthError, match="signature"):
+    with pytest.raises(AuthError, match="malformed"):
         signer.verify(f"{version}.{token.split('.')[1]}.ßignature\udc80", 0)
-    with pytest.raises(ValueError, match="at least 16 bytes"):
-        TokenSigner(b"short")
+    with pytest.raises(AuthError, match=r"v2\.payload\.signature"):
+        signer.verify(f"v1.{token.split('.')[1]}.{signature}", 0)
+    with pytest.raises(SiteKeyError, match="not site site-a's"):
+        SiteKeys("site-a", PRIVATE["partner-c"], RING)
 
 
 def test_users_file_round_trips_and_refuses_plain_passwords() -> None:
     users = {
-        "ann": User("ann", Role.AGENT, hash_password("x", n=FAST_N), Profile(2, (("sales", 4),))),
+        "ann": User(
+            "ann", Role.AGENT, hash_password("x", n=FAST_N), Profile(2, (("sales", 4),)), "site-a"
+        ),
         "sue": User("sue", Role.SUPERVISOR, hash_password("y", n=FAST_N)),
     }
     assert users_from_toml(users_toml(users)) == users
@@ -83,6 +101,10 @@ def test_users_file_round_trips_and_refuses_plain_passwords() -> None:
         users_from_toml('[users.bob]\nrole = "root"\npassword = "scrypt$1"\n')
     with pytest.raises(UsersFileError, match="unknown keys"):
         users_from_toml('[users.bob]\nrole = "admin"\npassword = "scrypt$1"\nshell = 1\n')
+    with pytest.raises(UsersFileError, match="user bob: site"):
+        users_from_toml('[users.bob]\nrole = "agent"\npassword = "scrypt$1"\nsite = "a b"\n')
+    with pytest.raises(UsersFileError, match="user bob: site"):
+        users_from_toml('[users.bob]\nrole = "agent"\npassword = "scrypt$1"\nsite = 3\n')
 
 
 @pytest.mark.parametrize(
@@ -141,12 +163,17 @@ def test_rate_limit_is_a_token_bucket_per_address() -> None:
     assert not limit.allow("a")
 
 
-def test_config_needs_a_secret_with_a_users_file() -> None:
+def test_config_needs_the_site_keys_with_a_users_file() -> None:
     base = {"node_id": "n1", "site": "s", "etcd_endpoints": ["http://127.0.0.1:1"]}
-    with pytest.raises(ConfigError, match="auth_secret"):
+    with pytest.raises(ConfigError, match=r"^site_key: users_file is set"):
         NodeConfig.from_mapping({**base, "users_file": "users.toml"})
-    config = NodeConfig.from_mapping({**base, "users_file": "users.toml", "auth_secret": "x" * 16})
+    with pytest.raises(ConfigError, match=r"^site_keys_file: users_file is set"):
+        NodeConfig.from_mapping({**base, "users_file": "users.toml", "site_key": "s.key"})
+    keys = {"site_key": "s.key", "site_keys_file": "site-keys.toml"}
+    config = NodeConfig.from_mapping({**base, "users_file": "users.toml", **keys})
     assert config.users_file == "users.toml"
+    with pytest.raises(ConfigError, match="unknown config keys: auth_secret"):
+        NodeConfig.from_mapping({**base, "auth_secret": "x" * 16})
 
 
 # -- the middleware in front of a real app ---------------------------------------------------------
@@ -177,7 +204,7 @@ def auth(tmp_path: Path) -> Auth:
         "ann": User("ann", Role.AGENT, hash_password("annpw", n=FAST_N), Profile(2, (("x", 7),))),
         "bob": User("bob", Role.AGENT, hash_password("bobpw", n=FAST_N)),
     }
-    return Auth(users, SECRET, caller_limit=RateLimit(0.001, 2), login_limit=RateLimit(100, 100))
+    return Auth(users, KEYS, caller_limit=RateLimit(0.001, 2), login_limit=RateLimit(100, 100))
 
 
 @pytest.fixture
@@ -262,9 +289,16 @@ async def test_expired_and_forged_tokens_are_refused(
     expired = auth.signer.issue(Claims("root", Role.ADMIN, 1))
     async with http.get(f"{base}/registry", headers=bearer(expired)) as r:
         assert (r.status, (await r.json())["error"]) == (401, "token_expired")
-    forged = TokenSigner(b"not-the-cluster-secret").issue(Claims("root", Role.ADMIN, 2**50))
+    foreign = TokenSigner(SiteKeys("site-a", FOREIGN["site-a"], FOREIGN_RING))
+    forged = foreign.issue(Claims("root", Role.ADMIN, 2**50))
     async with http.get(f"{base}/registry", headers=bearer(forged)) as r:
         assert (r.status, (await r.json())["error"]) == (401, "unauthorized")
+    partner = TokenSigner(SiteKeys("partner-c", PRIVATE["partner-c"], RING))
+    beyond = partner.issue(Claims("root", Role.ADMIN, 2**50))
+    async with http.get(f"{base}/registry", headers=bearer(beyond)) as r:
+        body = await r.json()
+        assert (r.status, body["error"]) == (403, "out_of_scope"), body
+        assert "partner site partner-c may not issue admin tokens" in body["message"]
 
 
 async def test_callers_are_rate_limited_and_get_a_token_for_their_call_only(
@@ -299,7 +333,7 @@ async def test_oversized_body_is_refused(
 
 def test_login_attempts_are_rate_limited_per_address() -> None:
     users = {"root": User("root", Role.ADMIN, hash_password("pw", n=FAST_N))}
-    auth = Auth(users, SECRET, login_limit=RateLimit(0.001, 2))
+    auth = Auth(users, KEYS, login_limit=RateLimit(0.001, 2))
     auth.admit_login("10.0.0.1")
     auth.admit_login("10.0.0.1")
     with pytest.raises(RateLimited):

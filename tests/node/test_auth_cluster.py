@@ -1,5 +1,6 @@
 """Authentication on real node processes: LocalCluster's users file, a token from one node
-accepted by another (the shared cluster secret), an agent logging in with its sample profile."""
+accepted by another (signed with the site's key, checked with the key ring), an agent logging
+in with its sample profile."""
 
 from __future__ import annotations
 

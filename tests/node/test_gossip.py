@@ -101,3 +101,21 @@ async def test_malformed_push_is_refused_with_invalid_argument() -> None:
         assert error.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert "agents[0]" in (error.value.details() or "")
         assert node.registry.agents() == []
+
+
+async def test_a_node_dialling_in_pulls_at_once_when_asked_to_reconcile_soon() -> None:
+    """A partner dials in to an in-house gateway, which does not dial back: the gateway's
+    changes reach it by its own digests. `reconcile_soon` pulls them without waiting."""
+    slow = GossipTimers(digest_interval_s=60, push_delay_s=0.002, rpc_timeout_s=1.0)
+    async with (
+        Gossip(Registry("house"), "127.0.0.1", 0, slow) as house,
+        Gossip(Registry("partner"), "127.0.0.1", 0, slow) as partner,
+    ):
+        partner.set_peers([house.address])
+        await eventually(partner.synced)
+        agent(house.registry, "ann")
+        house.changed()  # no peers of its own: nothing is pushed
+        await asyncio.sleep(0.3)
+        assert partner.registry.agent("ann") is None
+        partner.reconcile_soon()
+        await eventually(lambda: partner.registry.agent("ann") is not None, 2.0)

@@ -20,6 +20,7 @@ Live = tuple[Registry, FakeGossip, FakeLease, FakeReadiness]
 ALLOWED_LABELS = {
     "site", "queue", "outcome", "result", "state", "tier", "kind", "hook", "operation", "source",
     "reason", "direction", "scope", "met", "node", "trust", "gateway", "version", "python",
+    "method", "status_class",
 }  # fmt: skip
 """Low-cardinality labels only; `node` appears on callmesh_node_info alone."""
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from media.tone import dominant, sine
+from node.admission import Overloaded
 from node.callstate import Call, CallEvent, CallState, Outcome, transition
 from node.etcd_server import free_port
 from node.events import EventHub
@@ -150,7 +151,24 @@ async def test_an_address_not_allowed_gets_403(tmp_path: Path) -> None:
     async with SipService("127.0.0.1", 0, settings, _rtp_range(), board.admit, board) as service:
         run = await run_sipp("refused", service.address, tmp_path)
     assert run.code == 0, run.output + run.messages
+    assert "SIP/2.0 403" in run.messages
     assert not board.origins
+
+
+async def test_an_overloaded_node_answers_503_and_keeps_no_dialog(tmp_path: Path) -> None:
+    board = FakeBoard()
+
+    async def overloaded(caller: str, dialled: str, trunk: str) -> Call:
+        raise Overloaded("node n1 is at 93% of a core (limit 85%): it takes no new media calls")
+
+    settings = TrunkSettings("127.0.0.1", (ipaddress.ip_network("127.0.0.1/32"),))
+    async with SipService("127.0.0.1", 0, settings, _rtp_range(), overloaded, board) as service:
+        run = await run_sipp("refused", service.address, tmp_path)
+        assert run.code == 0, run.output + run.messages
+        assert "SIP/2.0 503" in run.messages
+        assert "takes no new media calls" in run.messages  # the Warning says why
+        assert service.trunk is not None
+        assert service.trunk.dialogs == {}
 
 
 async def test_digest_challenge_then_the_authenticated_invite_is_taken(tmp_path: Path) -> None:
