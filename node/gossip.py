@@ -36,6 +36,11 @@ _STATUS = {
 }
 
 
+DRAIN_ROUNDS = 10
+DRAIN_ROUND_S = 1.0
+"""Leaving waits at most this many rounds of this long for the peer loops to stop."""
+
+
 @dataclass(frozen=True, slots=True)
 class GossipTimers:
     digest_interval_s: float = 2.0
@@ -166,11 +171,18 @@ class Gossip:
             self._server = None
 
     async def drain(self) -> None:
-        """Wait for the loops of removed peers to finish."""
+        """Wait for the loops of removed peers to finish (cancelled again should one have
+        missed its cancel, so that leaving never hangs)."""
         stopping, self._stopping = self._stopping, []
-        for task in stopping:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for _ in range(DRAIN_ROUNDS):
+            if not stopping:
+                return
+            _, pending = await asyncio.wait(stopping, timeout=DRAIN_ROUND_S)
+            for task in pending:
+                task.cancel()
+            stopping = list(pending)
+        if stopping:
+            log.error("gossip: %d peer loops did not stop", len(stopping))
 
     def set_peers(self, addresses: Iterable[str]) -> None:
         """Gossip with exactly these peers (host:port) from now on."""
@@ -238,8 +250,11 @@ class Gossip:
                     await self._sync_once(stub, peer)
                     backoff = 0.05
                     timeout = max(0.0, peer.next_digest - time.monotonic())
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(wake.wait(), timeout)
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+                    # cancel that comes as the wake fires, and the loop then never ends
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(timeout):
+                            await wake.wait()
                     wake.clear()
                     await asyncio.sleep(self._timers.push_delay_s)
                 except asyncio.CancelledError:

@@ -4,6 +4,7 @@ the links are cut there; elsewhere through the nodes' fault injection."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,11 @@ async def test_a_short_schedule_of_every_fault_kind_breaks_no_invariant(tmp_path
 async def test_longer_schedules_break_no_invariant(tmp_path: Path, seed: int) -> None:
     lines: list[str] = []
     result = await run_schedule(seed, Options(duration_s=90, root=tmp_path, say=lines.append))
+    if result.violations and seed == 13:
+        # an xfail shows no output: the warnings summary carries the finding to the CI log
+        found = "; ".join(str(v) for v in result.violations)
+        schedule = " | ".join(line.strip() for line in lines[:14])
+        warnings.warn(f"chaos seed 13 violations: {found}; schedule: {schedule}", stacklevel=1)
     assert result.violations == (), "\n".join(lines)
 
 
