@@ -23,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -471,11 +472,9 @@ def build_report(
         "client_errors": len(traffic.errors),
         "client_error_examples": traffic.errors[:10],
     }
-    arrived = dict.fromkeys(sites, 0.0)  # the rates the Poisson draw gave, not the planned ones
-    for r in measured:
-        arrived[site_of_node.get(r.owner_node, "")] = arrived.get(
-            site_of_node.get(r.owner_node, ""), 0.0
-        ) + 1 / (window[1] - window[0])
+    # the rates the Poisson draw gave in the window, not the planned ones
+    entries = Counter(site_of_node.get(r.owner_node, "") for r in measured)
+    arrived = {site: entries[site] / (window[1] - window[0]) for site in sites}
     yardstick = _yardstick(scenario, options, agents_at, busy_per_call, o2a_mean, measured, arrived)
     return {
         "scenario": {
