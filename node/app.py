@@ -241,7 +241,6 @@ class Node:
             if config.sip_port:
                 sip = _sip(config, board, records, hub, desk, ivr.digits, admission.check)
                 self.sip = await stack.enter_async_context(sip)
-                await _restore_phones(self.sip, book)
             faults = NodeFaults(self.gossip, link, self.clock) if config.fault_injection else None
             auth = auth_from(
                 config.users_file,
@@ -305,6 +304,8 @@ class Node:
             self._tasks.spawn(self.media.run(), "media statistics")
             self._tasks.spawn(admission.meter.run(), "cpu meter")
             self._tasks.spawn(desk.watch_owners(), "owner watchdog")
+            if self.sip is not None and self.sip.phones is not None:
+                self._tasks.spawn(book.follow(self.sip.phones), "phone book")
             if orphans:
                 self._tasks.spawn(self._free_orphan_agents(link, orphans), "free orphans' agents")
             print(
@@ -443,19 +444,6 @@ def _sip(
         events=hub,
         desk=desk,
     )
-
-
-async def _restore_phones(sip: SipService, book: PhoneBook) -> None:
-    """The agents' external phones kept in the site's etcd, lined up again after a restart."""
-    if sip.phones is None:
-        return
-    try:
-        numbers = await book.load()
-    except ConnectionError as error:
-        log.warning("agents' phones not restored (etcd): %s", error)
-        return
-    for agent_id, number in numbers.items():
-        sip.phones.register(agent_id, number)
 
 
 def _admission(config: NodeConfig, registry: Registry, plane: MediaPlane) -> Admission:

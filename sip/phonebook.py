@@ -2,20 +2,27 @@
 
 One key per agent, `/callmesh/sites/SITE/phones/AGENT` -> the number (UTF-8), written without a
 lease: the number is part of the agent's profile, not of its session. Every node of the site
-reads them all when SIP starts and watches the agents' offers for them (sip/phones.py): only the
-agent's home node gets its offers, so only that node dials. A number registered later at
-another node of the site is read here on this node's next start.
+follows them (`PhoneBook.follow`): it reads them all when SIP starts, then watches the prefix, so
+a number registered or removed at another node of the site reaches every node's lines
+(sip/phones.py) within a watch event. Each node watches the agents' offers for those numbers;
+only the agent's home node gets its offers, so only that node dials.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Protocol
 
+from node.etcd import EtcdUnavailable, EventKind, WatchEvent
 from sip.phones import BadNumber, check_number
 
 log = logging.getLogger(__name__)
+
+_RETRY_FIRST_S = 0.5
+_RETRY_MAX_S = 8.0
 
 
 class Stored(Protocol):
@@ -34,6 +41,19 @@ class Store(Protocol):
     async def put(self, key: str, value: bytes, *, leased: bool = False) -> int: ...
 
     async def delete(self, key: str) -> None: ...
+
+    def watch_prefix(
+        self, prefix: str, start_revision: int
+    ) -> AsyncGenerator[WatchEvent, None]: ...
+
+
+class Lines(Protocol):
+    """Where followed numbers go (sip/phones.py's Phones)."""
+
+    @property
+    def numbers(self) -> Mapping[str, str]: ...
+
+    def register(self, agent_id: str, number: str) -> None: ...
 
 
 def phones_prefix(site: str) -> str:
@@ -55,12 +75,50 @@ class PhoneBook:
 
     async def load(self) -> dict[str, str]:
         """Every agent's number in the site; an unusable stored value is skipped and logged."""
-        found, _ = await self._store.get_prefix(self._prefix)
+        numbers, _ = await self._load()
+        return numbers
+
+    async def follow(self, lines: Lines) -> None:
+        """Line up every stored number, then keep `lines` equal to the site's numbers as other
+        nodes change them. Runs until cancelled (or the etcd client closes)."""
+        numbers, revision = await self._load_until_read()
+        for agent_id, number in numbers.items():
+            lines.register(agent_id, number)
+        watch = self._store.watch_prefix(self._prefix, revision + 1)
+        async with contextlib.aclosing(watch):
+            async for event in watch:
+                agent_id = event.key.removeprefix(self._prefix)
+                if event.kind is EventKind.DELETE:
+                    number = ""
+                else:
+                    number = self._number(agent_id, event.value) or ""
+                if lines.numbers.get(agent_id, "") != number:  # the writer's own, lined up
+                    lines.register(agent_id, number)
+
+    async def _load_until_read(self) -> tuple[dict[str, str], int]:
+        delay = _RETRY_FIRST_S
+        while True:
+            try:
+                return await self._load()
+            except (EtcdUnavailable, ConnectionError) as error:
+                log.warning("agents' phones not read yet (etcd), again in %.1f s: %s", delay, error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
+
+    async def _load(self) -> tuple[dict[str, str], int]:
+        found, revision = await self._store.get_prefix(self._prefix)
         numbers: dict[str, str] = {}
         for item in found:
             agent_id = item.key.removeprefix(self._prefix)
-            try:
-                numbers[agent_id] = check_number(item.value.decode())
-            except (UnicodeDecodeError, BadNumber) as error:
-                log.warning("agent %s phone: stored number refused: %s", agent_id, error)
-        return numbers
+            number = self._number(agent_id, item.value)
+            if number:
+                numbers[agent_id] = number
+        return numbers, revision
+
+    @staticmethod
+    def _number(agent_id: str, stored: bytes) -> str | None:
+        try:
+            return check_number(stored.decode())
+        except (UnicodeDecodeError, BadNumber) as error:
+            log.warning("agent %s phone: stored number refused: %s", agent_id, error)
+            return None

@@ -1,9 +1,11 @@
-"""An agent's external phone number outlives a node restart: POST /agents/ID/phone keeps it in
-the site's etcd and the node lines it up again when it starts (a real node and etcd)."""
+"""An agent's external phone number outlives a node restart and reaches every node of the site:
+POST /agents/ID/phone keeps it in the site's etcd, a node lines the numbers up when it starts and
+follows the changes other nodes make (a real node and etcd)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +13,8 @@ import aiohttp
 import pytest
 
 from loadtest.bench_sip import sip_node
-from node.etcd_server import free_port
+from node.etcd import Etcd, WatchEvent
+from node.etcd_server import EtcdServer, free_port
 from node.sessions import Profile
 from sip.phonebook import PhoneBook, phones_prefix
 from sip.phones import BadNumber
@@ -39,6 +42,35 @@ class MemoryStore:
     async def delete(self, key: str) -> None:
         self.data.pop(key, None)
 
+    async def watch_prefix(
+        self, prefix: str, start_revision: int
+    ) -> AsyncGenerator[WatchEvent, None]:
+        raise AssertionError("this store is not watched")
+        yield  # pragma: no cover
+
+
+class Lines:
+    """The phone lines of a node: what was registered, in order."""
+
+    def __init__(self) -> None:
+        self.numbers: dict[str, str] = {}
+        self.registered: list[tuple[str, str]] = []
+
+    def register(self, agent_id: str, number: str) -> None:
+        self.registered.append((agent_id, number))
+        if number:
+            self.numbers[agent_id] = number
+        else:
+            self.numbers.pop(agent_id, None)
+
+
+async def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    for _ in range(int(timeout_s / 0.05)):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"still not true after {timeout_s} s")
+
 
 async def test_numbers_are_kept_per_site_forgotten_and_bad_stored_values_skipped() -> None:
     store = MemoryStore()
@@ -52,6 +84,62 @@ async def test_numbers_are_kept_per_site_forgotten_and_bad_stored_values_skipped
     assert await other.load() == {"dan": "+4930779"}
     with pytest.raises(BadNumber):
         await book.save("bea", "call me")
+
+
+async def test_a_node_follows_the_numbers_other_nodes_of_its_site_change(tmp_path: Path) -> None:
+    async with (
+        EtcdServer("e1", tmp_path / "e1") as server,
+        Etcd([server.client_url]) as mine,
+        Etcd([server.client_url]) as theirs,
+    ):
+        here, there = PhoneBook(mine, "site-a"), PhoneBook(theirs, "site-a")
+        await there.save("bea", "+4930777")
+        await PhoneBook(theirs, "site-b").save("dan", "+4930779")  # another site's
+        lines = Lines()
+        follow = asyncio.create_task(here.follow(lines))
+        try:
+            await eventually(lambda: lines.numbers == {"bea": "+4930777"})
+            await there.save("cal", "+4930778")  # registered at another node, later
+            await there.save("bea", "+4930770")  # changed
+            await eventually(lambda: lines.numbers == {"bea": "+4930770", "cal": "+4930778"})
+            await there.save("cal", "")  # removed
+            await theirs.put(phones_prefix("site-a") + "eve", b"not a number")
+            await eventually(lambda: "cal" not in lines.numbers)
+            lines.register("gus", "+4930771")  # as the API does on the node asked, then saves
+            await here.save("gus", "+4930771")
+            await there.save("bea", "+4930772")  # a later change: the watch has seen gus's
+            await eventually(lambda: lines.numbers.get("bea") == "+4930772")
+            assert lines.numbers == {"bea": "+4930772", "gus": "+4930771"}
+            assert lines.registered.count(("gus", "+4930771")) == 1  # not lined up twice
+            assert ("eve", "not a number") not in lines.registered
+        finally:
+            follow.cancel()
+            await asyncio.gather(follow, return_exceptions=True)
+
+
+async def test_following_waits_for_an_unreachable_etcd_then_lines_up(tmp_path: Path) -> None:
+    client_port, peer_port = free_port(), free_port()
+
+    def server() -> EtcdServer:
+        return EtcdServer("e1", tmp_path / "e1", client_port=client_port, peer_port=peer_port)
+
+    async with server() as first:
+        etcd = await Etcd([first.client_url], request_timeout_s=0.5).__aenter__()
+    try:  # the server is gone: the first reads fail, and the book keeps trying
+        lines = Lines()
+        follow = asyncio.create_task(PhoneBook(etcd, "site-a").follow(lines))
+        await asyncio.sleep(1.5)
+        assert not follow.done()
+        async with (
+            server() as again,
+            Etcd([again.client_url]) as other,
+        ):
+            await PhoneBook(other, "site-a").save("bea", "+4930777")
+            await eventually(lambda: lines.numbers == {"bea": "+4930777"}, 20)
+            follow.cancel()
+            await asyncio.gather(follow, return_exceptions=True)
+    finally:
+        await etcd.__aexit__(None, None, None)
 
 
 @pytest.mark.slow
@@ -73,5 +161,6 @@ async def test_a_registered_phone_is_lined_up_again_after_the_node_restarts(
         assert node.sip.phones.numbers == {"bea": "+4930777"}
     async with sip_node(tmp_path, phones) as node:  # the same etcd data: a restart
         assert node.sip is not None
-        assert node.sip.phones is not None
-        assert node.sip.phones.numbers == {"bea": "+4930777"}
+        lines = node.sip.phones
+        assert lines is not None
+        await eventually(lambda: lines.numbers == {"bea": "+4930777"})
