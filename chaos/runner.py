@@ -35,6 +35,8 @@ from node.netns import unavailable
 REGISTRY_BOUND_S = 10.0
 """I4: every registry must agree within this long after the last heal."""
 QUIET_WITHIN_S = 45.0
+VIOLATIONS_FILE = "violations.txt"
+"""Written in each schedule's folder, beside the nodes' logs and data: violations and schedule."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,8 @@ class Result:
     root: str = ""
     cut_mechanism: str = ""
     """How links were cut: "netns" (routes in the sites' namespaces) or "faults"."""
+    report: str = ""
+    """The violations file (VIOLATIONS_FILE in the run's folder), when the folder is kept."""
 
 
 @dataclass(slots=True)
@@ -95,7 +99,12 @@ def choose_netns(wanted: bool | None) -> tuple[bool, str]:
 
 
 async def run_schedule(seed: int, options: Options) -> Result:
-    say = options.say
+    said: list[str] = []
+
+    def say(line: str) -> None:
+        said.append(line)
+        options.say(line)
+
     started_at = time.monotonic()
     netns, how = choose_netns(options.netns)
     base = options.root or Path(tempfile.mkdtemp(prefix="callmesh-chaos-"))
@@ -149,6 +158,8 @@ async def run_schedule(seed: int, options: Options) -> Result:
     outcomes = Counter(r.outcome or "none" for r in history.records)
     for violation in violations:
         say(f"VIOLATION seed={seed} {violation}")
+    report = root / VIOLATIONS_FILE
+    report.write_text(violations_report(seed, said, violations))
     keep = options.keep or bool(violations)
     if not keep and options.root is None:
         shutil.rmtree(base, ignore_errors=True)
@@ -171,7 +182,17 @@ async def run_schedule(seed: int, options: Options) -> Result:
         },
         root=str(root) if keep else "",
         cut_mechanism=nemesis.mechanism,
+        report=str(report) if keep or options.root is not None else "",
     )
+
+
+def violations_report(seed: int, said: list[str], violations: tuple[Violation, ...]) -> str:
+    """The text of a run's violations file: the violations (or none), then every line the run
+    said (the schedule, each fault as the nemesis applied it), so a failure can be read after
+    the run without its output."""
+    head = [f"seed {seed}: {len(violations)} violations"]
+    head += [f"VIOLATION {v}" for v in violations] or ["violations: none"]
+    return "\n".join([*head, "", "-- what the run said --", *said, ""])
 
 
 async def _start_cluster(
@@ -220,7 +241,9 @@ async def run_many(schedules: int, seed: int, options: Options) -> list[Result]:
             f"== seed {this}: {sum(result.faults.values())} faults, {result.calls_placed} calls, "
             f"{len(result.violations)} violations, registries equal "
             f"{result.converged_after_s} s after the last heal, cuts by {result.cut_mechanism}, "
-            f"{result.seconds} s" + (f"; kept {result.root}" if result.root else "")
+            f"{result.seconds} s"
+            + (f"; kept {result.root}" if result.root else "")
+            + (f"; violations in {result.report}" if result.violations and result.report else "")
         )
         results.append(result)
     return results

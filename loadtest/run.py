@@ -120,7 +120,7 @@ def cluster_credentials(cluster: Any) -> Credentials:
     local = getattr(cluster, "credentials", None)
     if local is None:  # a cluster without authentication
         return Credentials()
-    from node.auth import Role
+    from node.users import Role
 
     def mint(user: str) -> str:
         return str(local.mint(user, Role.AGENT, TOKEN_TTL_MS / 1000, local.home("admin")))

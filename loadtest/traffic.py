@@ -370,7 +370,22 @@ class Traffic:
         track.audio = await self.phones.check(track.leg, leg, AUDIO_TIMEOUT_S, released)
         track.audio_s = self.now() - track.answered_s if track.answered_s >= 0 else -1.0
         if track.audio != "verified":
+            track.audio += f" ({await self._call_as_seen(track, leg.leg.connected)})"
             log.error("call %s (agent %s): audio %s", track.call_id, agent, track.audio)
+
+    async def _call_as_seen(self, track: CallTrack, agent_connected: bool) -> str:
+        """Why a call's audio may have failed: its legs' connections, and the call as its
+        owner shows it to the caller (state, outcome, reason)."""
+        caller_connected = track.leg is not None and track.leg.leg.connected
+        legs = f"caller leg {'connected' if caller_connected else 'not connected'}, "
+        legs += f"agent leg {'connected' if agent_connected else 'not connected'}"
+        status, view = await self.apis[track.node].request(
+            "GET", f"/calls/{track.call_id}", token=track.token
+        )
+        if status != 200 or not isinstance(view, dict):
+            return f"{legs}; the call: {status}"
+        shown = ", ".join(f"{k} {view.get(k)!r}" for k in ("state", "outcome", "reason"))
+        return f"{legs}; the call: {shown}"
 
     # -- callers ---------------------------------------------------------------------------------
 

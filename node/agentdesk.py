@@ -140,7 +140,17 @@ class AgentDesk:
             return Reservation(False, "at_capacity")
         if self._reservation_log is not None:
             await self._log_reserve(self._reservation_log, call, record, key, value)
-        record = self._sessions.held_record(agent_id)  # fresh: it may have changed meanwhile
+        try:
+            record = self._sessions.held_record(agent_id)  # fresh: it may have changed meanwhile
+        except SessionError as error:
+            # The session moved, or the lease became doubtful, while the slot was written: the
+            # slot must not outlive this refusal under a lease that may well be renewed.
+            if self._reservation_log is not None:
+                self._reservation_log.append(
+                    "release", agent_id, call.call_id, record.epoch, 0, slot=key, reason=error.code
+                )
+            await self._free_slot_soon(key, call.call_id)
+            return Reservation(False, error.code)
         self._sessions.write(
             replace(
                 record,
@@ -183,16 +193,34 @@ class AgentDesk:
         )
         if offer.expiry is not None:
             offer.expiry.cancel()
-        try:
-            record = self._sessions.held_record(agent_id)
-        except SessionError as error:
-            # The session moved or the node is fenced: the record is not ours to write, but the
-            # slot this node wrote for this call would live on under its lease and block the
-            # agent's new session (a fenced node's slots die with its lease anyway).
-            if not isinstance(error, Fenced):
-                await self._free_slot_soon(offer.slot_key, call_id)
+        await self._settle(agent_id, call_id, offer, reason, wait=True)
+
+    async def _settle_later(
+        self, agent_id: str, call_id: str, offer: Offer, reason: ReleaseReason
+    ) -> None:
+        settled = await self._sessions.settled(agent_id)
+        log.info(
+            "agent %s: release of call %s goes on: %s",
+            agent_id,
+            call_id,
+            "the lease was kept" if settled else "the session is no longer held here",
+        )
+        await self._settle(agent_id, call_id, offer, reason, wait=False)
+
+    async def _settle(
+        self, agent_id: str, call_id: str, offer: Offer, reason: ReleaseReason, *, wait: bool
+    ) -> None:
+        """What a release does to the slot and the agent's record, once the offer is gone."""
+        if await self._held_for_release(agent_id, call_id, offer, reason, wait=wait) is None:
             return
         await self._free_slot_soon(offer.slot_key, call_id)  # only the session's holder writes
+        # The record is read again after etcd freed the slot: another release (or a reservation)
+        # of the agent may have written it meanwhile. Written from the record read before, two
+        # releases at once left an agent of capacity 2 reserved with one call for good (likely
+        # the chaos checker's seed-13 finding: site-b's agents have capacity 2).
+        record = await self._held_for_release(agent_id, call_id, offer, reason, wait=wait)
+        if record is None:
+            return
         if offer.epoch != record.epoch:
             # An offer of an earlier session (the node lost its lease, the agent logged in here
             # again): the current session's record and calls are not this offer's to change.
@@ -225,6 +253,35 @@ class AgentDesk:
         )
         if state is AgentState.AVAILABLE:
             self.freed(agent_id)
+
+    async def _held_for_release(
+        self, agent_id: str, call_id: str, offer: Offer, reason: ReleaseReason, *, wait: bool
+    ) -> AgentRecord | None:
+        """The agent's record when this node holds its session, so a release may write it; else
+        None, once the release did what it still must."""
+        try:
+            return self._sessions.held_record(agent_id)
+        except Fenced:
+            # The lease's deadline passed, but the lease is not declared lost (a late keep-alive
+            # answer may renew it): the session, its slot and the reserved record live on, so the
+            # release waits for the verdict; dropped here, the agent stayed reserved for good. A
+            # lost lease drops the session: its slots die with the lease, and a peer writes the
+            # agent offline.
+            if wait and agent_id in self._sessions.held:
+                log.warning(
+                    "agent %s: release of call %s waits: the lease's keep-alive is late",
+                    agent_id,
+                    call_id,
+                )
+                self._tasks.spawn(
+                    self._settle_later(agent_id, call_id, offer, reason), f"release {call_id}"
+                )
+            return None
+        except SessionError:
+            # The session moved: the record is not ours to write, but the slot this node wrote
+            # for this call would live on under its lease and block the agent's new session.
+            await self._free_slot_soon(offer.slot_key, call_id)
+            return None
 
     async def _log_reserve(
         self, log_: ReservationLog, call: CallInfo, record: AgentRecord, key: str, value: bytes
@@ -261,7 +318,7 @@ class AgentDesk:
 
     async def _retry_free_slot(self, key: str, call_id: str) -> None:
         delay = SLOT_RETRY_S
-        while not self._sessions.fenced:
+        while not self._sessions.lease_lost:  # a lost lease takes the slot with it
             await asyncio.sleep(delay)
             try:
                 await self._free_slot(key, call_id)
@@ -329,7 +386,13 @@ class AgentDesk:
         verdict = await owner.report(
             call_id, agent_id, action, offer.epoch, queue=queue, notes=notes
         )
-        if action is AgentAction.ANSWER and verdict.accepted:
+        released = self.offers.get(agent_id, {}).get(call_id) is not offer
+        if action is AgentAction.ANSWER and verdict.accepted and released:
+            # The offer lapsed (or was released) while the owner answered: the agent's record no
+            # longer counts this call, and no release would come for it to undo a talking state.
+            # The owner closes the call when the registry shows the agent not on it.
+            log.warning("agent %s: answer of call %s came after its release", agent_id, call_id)
+        elif action is AgentAction.ANSWER and verdict.accepted:
             offer.answered = True
             if offer.expiry is not None:
                 offer.expiry.cancel()
@@ -369,6 +432,7 @@ class AgentDesk:
 
     async def _end_wrap_up(self, agent_id: str, wrap_up_s: float) -> None:
         await asyncio.sleep(wrap_up_s)
+        await self._sessions.settled(agent_id)  # a doubtful lease: wait for the keep-alive
         try:
             record = self._sessions.held_record(agent_id)
         except SessionError:

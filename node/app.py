@@ -48,6 +48,7 @@ from node.prompts import RecordingPrompter, shipped_prompts_dir
 from node.queues import QueueFile
 from node.reservationlog import FILE_NAME as RESERVATION_LOG
 from node.reservationlog import ReservationLog
+from node.revocation_rpc import RevocationLink, RevocationServicer
 from node.revoker import Revoker
 from node.sessions import Sessions
 from node.switchboard import Switchboard
@@ -55,6 +56,7 @@ from node.tasks import Tasks
 from node.transport import Tls, Transport
 from node.wan import WanDelay
 from protos.calls_pb2_grpc import add_CallsServicer_to_server, add_MediaServicer_to_server
+from protos.revocations_pb2_grpc import add_RevocationsServicer_to_server
 from registry.clock import HybridClock, wall_ms
 from registry.records import NodeInfo
 from registry.registry import Registry
@@ -86,6 +88,7 @@ class Node:
         self.desk: AgentDesk | None = None
         self.switchboard: Switchboard | None = None
         self.media: MediaPlane | None = None
+        self.revoker: Revoker | None = None  # with authentication on
         self.sip: SipService | None = None  # the SIP trunk side, when sip_port is set
         wan = WanDelay(config.wan_delay_ms, frozenset(config.wan_peers))
         self.transport = Transport(wan=wan if config.wan_delay_ms else None, tls=_tls(config))
@@ -98,6 +101,9 @@ class Node:
         )
         servicer = CallsServicer(lambda: self.desk, lambda: self.switchboard, rules, met=self._met)
         media_servicer = MediaServicer(lambda: self.media, rules)
+        revocation_servicer = RevocationServicer(
+            lambda: self.revoker, bool(config.users_file), self.transport
+        )
         self.gossip = Gossip(
             self.registry,
             config.grpc_host,
@@ -106,6 +112,7 @@ class Node:
             services=[
                 lambda server: add_CallsServicer_to_server(servicer, server),
                 lambda server: add_MediaServicer_to_server(media_servicer, server),
+                lambda server: add_RevocationsServicer_to_server(revocation_servicer, server),
             ],
             transport=self.transport,
         )
@@ -251,15 +258,18 @@ class Node:
             )
             revoker = None
             if auth is not None:  # revoked tokens, from the site's etcd and other sites
+                pusher = RevocationLink(self.transport, config.rpc_timeout_s)
+                stack.push_async_callback(pusher.close)
                 revoker = Revoker(
                     auth,
                     etcd,
                     self.registry,
                     config.site,
+                    pusher,
                     gateway=config.gateway,
                     sync_s=max(1.0, 5 * config.digest_interval_s),
                 )
-                await stack.enter_async_context(revoker)
+                self.revoker = await stack.enter_async_context(revoker)
             app = make_app(
                 self.registry,
                 sessions,

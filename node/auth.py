@@ -1,21 +1,14 @@
-"""Who may call the HTTP API: users and their password hashes, signed tokens, the route table.
+"""Who may call the HTTP API: logins, the route table, the rate limits, and `Auth`, the service
+the middleware calls. Pure (hashlib through node/users.py, node/tokens.py's signed tokens): the
+aiohttp middleware in node/http_api.py reads the token and the client address, calls
+`Auth.authorize`, and maps the errors (here and in node/tokens.py) to statuses.
 
-Pure (hashlib, tomllib, node/sitekeys.py's Ed25519): the aiohttp middleware in node/http_api.py
-reads the token and the client address, calls `Auth.authorize`, and maps the errors below to
-statuses.
-
-- Users live in a TOML file (NodeConfig.users_file); passwords are stored as scrypt hashes
-  (`callmesh hash-password`), never plain. An agent user may carry a profile (tier, skills,
-  capacity): the agent's session login uses it.
-- A token is `v2.<payload>.<signature>`: base64url JSON {user, role, expiry, call, id, issued,
-  site} signed with the issuing site's Ed25519 key (node/sitekeys.py); every node holds every
-  site's public key, so any node verifies any token. What a site may grant is bounded by its
-  trust (`out_of_scope`): an in-house site anything; a partner site's tokens count elsewhere only
-  for its own agents (the users file names each agent's site) with role agent, so a partner
-  node cannot mint a supervisor's or an admin's token for an in-house node. A token is refused
-  once revoked (node/revocations.py: its id after POST /logout, or
-  every token of a user issued before an admin's POST /users/NAME/revoke); node/revoker.py
-  spreads revocations to every node of every site.
+- Users and their password hashes: node/users.py. Tokens, their signatures, where they count
+  and what each site may grant: node/tokens.py. `Auth.verify` checks a token's signature and
+  expiry, then its audience (this site), its issuer's scope, and revocation. A token is refused
+  once revoked (node/revocations.py: its id after
+  POST /logout, or every token of a user issued before an admin's POST /users/NAME/revoke);
+  node/revoker.py spreads revocations to every node of every site.
 - Roles: agent (user == agent id; only /agents/{own id}/...), supervisor (reads), admin
   (everything). A caller gets a caller token for the routes of its own call when it starts one.
 - Access is a table of route patterns (ACCESS) read top to bottom; the first match decides.
@@ -23,14 +16,8 @@ statuses.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
-import json
 import secrets
 import time
-import tomllib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,60 +25,39 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from node.config import ConfigError
 from node.revocations import Kind, Revocation, Revocations
 from node.sessions import Profile
-from node.sitekeys import BadSignature, SiteKeys
+from node.sitekeys import SiteKeys
 from node.sitekeys import load as load_site_keys
-from registry.clock import wall_ms
-from registry.errors import InvalidRecord
-from registry.records import (
-    MAX_CAPACITY,
-    MAX_TIER,
-    Trust,
-    check_id,
-    check_int,
-    check_skills,
-    skills_from,
+from node.tokens import (
+    Audience,
+    AuthError,
+    Claims,
+    OutOfScope,
+    TokenRevoked,
+    TokenSigner,
+    WrongAudience,
+    asked_audience,
+    default_audience,
+    out_of_scope,
+    outside_audience,
+    revocation_out_of_scope,
 )
-
-TOKEN_VERSION = "v2"
-MAX_TOKEN = 2048
-MAX_PASSWORD = 1024
-SCRYPT_N = 2**14
-SCRYPT_R = 8
-SCRYPT_P = 1
-
-
-class Role(Enum):
-    AGENT = "agent"
-    SUPERVISOR = "supervisor"
-    ADMIN = "admin"
-    CALLER = "caller"  # issued with a call, never from the users file
-
-
-class AuthError(Exception):
-    """No token, a malformed one or a bad signature: 401."""
-
-    code = "unauthorized"
-
-
-class TokenExpired(AuthError):
-    code = "token_expired"
-
-
-class TokenRevoked(AuthError):
-    code = "token_revoked"
+from node.users import (
+    SCRYPT_N,
+    Role,
+    User,
+    UsersFileError,
+    hash_password,
+    users_from_toml,
+    verify_password,
+)
+from registry.clock import wall_ms
+from registry.records import Trust
 
 
 class LoginFailed(AuthError):
     code = "login_failed"
-
-
-class OutOfScope(AuthError):
-    """A token or push signed by a known site that claims more than that site may grant: 403."""
-
-    code = "out_of_scope"
 
 
 class Forbidden(Exception):
@@ -102,289 +68,6 @@ class Forbidden(Exception):
 
 class RateLimited(Exception):
     code = "rate_limited"
-
-
-class UsersFileError(ConfigError):
-    code = "users_invalid"
-
-
-# -- passwords ------------------------------------------------------------------------------------
-
-
-def hash_password(password: str, *, salt: bytes | None = None, n: int = SCRYPT_N) -> str:
-    """`scrypt$n$r$p$salt$hash` (base64url parts): what a users file stores."""
-    salt = salt if salt is not None else secrets.token_bytes(16)
-    digest = hashlib.scrypt(
-        password.encode(), salt=salt, n=n, r=SCRYPT_R, p=SCRYPT_P, maxmem=64 * 1024 * 1024
-    )
-    return f"scrypt${n}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
-
-
-def verify_password(password: str, stored: str) -> bool:
-    """Whether `password` matches the stored hash (constant-time compare)."""
-    parts = stored.split("$")
-    if len(parts) != 6 or parts[0] != "scrypt" or len(password) > MAX_PASSWORD:
-        return False
-    try:
-        n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
-        salt, expected = _unb64(parts[4]), _unb64(parts[5])
-        if not (2 <= n <= 2**20 and 1 <= r <= 32 and 1 <= p <= 16):
-            return False
-        digest = hashlib.scrypt(
-            password.encode(), salt=salt, n=n, r=r, p=p, maxmem=128 * 1024 * 1024,
-            dklen=len(expected),
-        )  # fmt: skip
-    except (ValueError, MemoryError):
-        return False
-    return hmac.compare_digest(digest, expected)
-
-
-# -- users ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class User:
-    name: str
-    role: Role
-    password_hash: str
-    profile: Profile | None = None
-    """For agents: what their session login brings when the request has no body."""
-    site: str = ""
-    """The agent's home site (where it works): a partner site may issue tokens for its own
-    agents only. Empty: no site's own (in-house sites issue every token)."""
-
-    def __post_init__(self) -> None:
-        if self.site:
-            try:
-                check_id(f"user {self.name}: site", self.site)
-            except InvalidRecord as error:
-                raise UsersFileError(str(error)) from None
-        if self.role is Role.CALLER:
-            raise UsersFileError(f"user {self.name}: role caller is issued with calls only")
-        if not self.password_hash.startswith("scrypt$"):
-            raise UsersFileError(
-                f"user {self.name}: password must be a scrypt hash (callmesh hash-password), "
-                "never the plain password"
-            )
-
-
-def users_from_toml(text: str) -> dict[str, User]:
-    """Parse a users file: `[users.NAME]` tables with role, password (a hash) and, for agents,
-    site (the home site) and optional tier, capacity and skills = {name = level}."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise UsersFileError(f"users file is not valid TOML: {error}") from None
-    unknown = sorted(set(raw) - {"users"})
-    if unknown:
-        raise UsersFileError(f"users file: unknown top-level keys {', '.join(unknown)}")
-    tables = raw.get("users", {})
-    if not isinstance(tables, dict):
-        raise UsersFileError("users file: [users.NAME] tables expected")
-    return {name: _user(name, table) for name, table in tables.items()}
-
-
-def _user(name: str, table: object) -> User:
-    try:
-        check_id("user name", name)
-    except InvalidRecord as error:
-        raise UsersFileError(str(error)) from None
-    if not isinstance(table, dict):
-        raise UsersFileError(f"user {name}: a table expected")
-    allowed = {"role", "password", "site", "tier", "capacity", "skills"}
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise UsersFileError(f"user {name}: unknown keys {', '.join(unknown)}")
-    try:
-        role = Role(table.get("role"))
-    except ValueError:
-        raise UsersFileError(
-            f"user {name}: role must be agent, supervisor or admin, got {table.get('role')!r:.40}"
-        ) from None
-    password = table.get("password")
-    if not isinstance(password, str):
-        raise UsersFileError(f"user {name}: password (a scrypt hash) is missing")
-    site = table.get("site", "")
-    if not isinstance(site, str):
-        raise UsersFileError(f"user {name}: site must be a site name")
-    profile = None
-    if role is Role.AGENT and {"tier", "capacity", "skills"} & set(table):
-        skills = table.get("skills", {})
-        tier, capacity = table.get("tier", 1), table.get("capacity", 1)
-        if (
-            not isinstance(skills, dict)
-            or not isinstance(tier, int)
-            or not isinstance(capacity, int)
-        ):
-            raise UsersFileError(f"user {name}: tier and capacity integers, skills a table")
-        try:
-            levels = skills_from({str(k): v for k, v in skills.items()})
-            check_skills("skills", levels)
-            check_int("tier", tier, 1, MAX_TIER)
-            check_int("capacity", capacity, 1, MAX_CAPACITY)
-        except (TypeError, ValueError, InvalidRecord) as error:
-            raise UsersFileError(f"user {name}: {error}") from None
-        profile = Profile(tier, levels, capacity)
-    return User(name, role, password, profile, site)
-
-
-def users_toml(users: Mapping[str, User]) -> str:
-    """The users file for these users (what LocalCluster writes)."""
-    lines: list[str] = []
-    for user in users.values():
-        lines += [f"[users.{_key(user.name)}]", f'role = "{user.role.value}"']
-        lines.append(f'password = "{user.password_hash}"')
-        if user.site:
-            lines.append(f'site = "{user.site}"')
-        if user.profile is not None:
-            lines.append(f"tier = {user.profile.tier}")
-            lines.append(f"capacity = {user.profile.capacity}")
-            skills = ", ".join(f"{_key(k)} = {v}" for k, v in user.profile.skills)
-            lines.append(f"skills = {{ {skills} }}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _key(name: str) -> str:
-    return name if name.replace("-", "").replace("_", "").isalnum() else json.dumps(name)
-
-
-# -- tokens ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Claims:
-    user: str
-    role: Role
-    expires_ms: int
-    call_id: str = ""
-    """Caller tokens: the one call whose routes they open."""
-    token_id: str = ""
-    """`SITE~RANDOM`, unique: what POST /logout revokes (empty in tokens without an id)."""
-    issued_ms: int = 0
-    site: str = ""
-    """The site that issued (signed) the token."""
-
-
-class TokenSigner:
-    """Issues tokens signed with this site's key; verifies any site's tokens with the key ring."""
-
-    def __init__(self, keys: SiteKeys) -> None:
-        self.keys = keys
-
-    @property
-    def site(self) -> str:
-        return self.keys.site
-
-    def issue(self, claims: Claims) -> str:
-        """A token for these claims, issued by this site (whatever `claims.site` says)."""
-        body: dict[str, object] = {"u": claims.user, "r": claims.role.value, "e": claims.expires_ms}
-        if claims.call_id:
-            body["c"] = claims.call_id
-        if claims.token_id:
-            body["i"], body["t"] = claims.token_id, claims.issued_ms
-        body["s"] = self.keys.site
-        payload = _b64(json.dumps(body, separators=(",", ":")).encode())
-        signature = self.keys.sign(f"{TOKEN_VERSION}.{payload}".encode())
-        return f"{TOKEN_VERSION}.{payload}.{_b64(signature)}"
-
-    def verify(self, token: str, now_ms: int) -> tuple[Claims, Trust]:
-        """The claims and the issuing site's trust; raises AuthError or TokenExpired. The
-        claims are not bounded here (see `out_of_scope`)."""
-        if len(token) > MAX_TOKEN:
-            raise AuthError("token too long")
-        parts = token.split(".")
-        if len(parts) != 3 or parts[0] != TOKEN_VERSION:
-            raise AuthError(f"not a callmesh token ({TOKEN_VERSION}.payload.signature)")
-        try:
-            body = json.loads(_unb64(parts[1]))
-            site, signature = body["s"], _unb64(parts[2])
-            if not isinstance(site, str):
-                raise TypeError
-        except (ValueError, KeyError, TypeError, binascii.Error):
-            raise AuthError("token payload is malformed") from None
-        try:
-            trust = self.keys.check(site, f"{TOKEN_VERSION}.{parts[1]}".encode(), signature)
-        except BadSignature as error:
-            raise AuthError(f"token refused: {error}") from None
-        try:
-            claims = Claims(
-                str(body["u"]),
-                Role(body["r"]),
-                int(body["e"]),
-                str(body.get("c", "")),
-                str(body.get("i", "")),
-                int(body.get("t", 0)),
-                site,
-            )
-        except (ValueError, KeyError, TypeError, OverflowError):
-            raise AuthError("token payload is malformed") from None
-        if claims.expires_ms <= now_ms:
-            raise TokenExpired("token expired: log in again (POST /login)")
-        return claims, trust
-
-    def sign(self, payload: str) -> str:
-        """This site's signature of other data (revocation pushes; domain-separated)."""
-        return _b64(self.keys.sign(f"data:{payload}".encode()))
-
-    def check(self, site: str, payload: str, signature: str) -> Trust:
-        """The signing site's trust; raises AuthError."""
-        try:
-            raw = _unb64(signature)
-        except (ValueError, binascii.Error):
-            raise AuthError("the signature is not base64url") from None
-        try:
-            return self.keys.check(site, f"data:{payload}".encode(), raw)
-        except BadSignature as error:
-            raise AuthError(str(error)) from None
-
-
-def out_of_scope(claims: Claims, issuer: Trust, here: str, users: Mapping[str, User]) -> str | None:
-    """Why a token claims more than its issuing site may grant at a node of site `here`, or
-    None. An in-house site grants anything. A site's own nodes take its tokens (they hold its key
-    anyway). Elsewhere a partner site's token counts only for one of its own agents (the users
-    file names the agent's site) with role agent; its caller tokens open calls at its own nodes
-    only (a call is served by the node that owns it)."""
-    if issuer is Trust.INHOUSE or claims.site == here:
-        return None
-    user = users.get(claims.user)
-    if claims.role is Role.AGENT:
-        if user is not None and user.role is Role.AGENT and user.site == claims.site:
-            return None
-        return (
-            f"partner site {claims.site} may issue tokens only for its own agents, and "
-            f"{claims.user} is not one: log in at {claims.user}'s own site"
-        )
-    return (
-        f"partner site {claims.site} may not issue {claims.role.value} tokens valid at site "
-        f"{here}: log in at an in-house site"
-    )
-
-
-def revocation_out_of_scope(
-    entry: Revocation, site: str, issuer: Trust, users: Mapping[str, User]
-) -> str | None:
-    """Why `site` may not spread this revocation, or None: an in-house site may revoke anything,
-    a partner site only its own tokens (ids `SITE~...`) and its own agents' tokens."""
-    if issuer is Trust.INHOUSE:
-        return None
-    if entry.kind is Kind.TOKEN and entry.subject.startswith(f"{site}~"):
-        return None
-    user = users.get(entry.subject)
-    if entry.kind is Kind.USER and user is not None and user.site == site:
-        return None
-    return (
-        f"partner site {site} may revoke only its own users' tokens, not "
-        f"{entry.kind.value} {entry.subject}"
-    )
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 # -- rate limits ----------------------------------------------------------------------------------
@@ -457,7 +140,6 @@ ACCESS: tuple[tuple[str, str, Access], ...] = (
     ("*", "/openapi.json", Access.OPEN),
     ("POST", "/login", Access.OPEN),
     ("POST", "/logout", Access.ANY_TOKEN),
-    ("POST", "/revocations", Access.OPEN),  # the body is signed with the cluster secret
     ("GET", "/", Access.OPEN),
     ("GET", "/ui", Access.OPEN),
     ("GET", "/ui/*", Access.OPEN),
@@ -533,6 +215,7 @@ class Auth:
         self.users = dict(users)
         self.signer = TokenSigner(keys)
         self.site = keys.site
+        self.trust = keys.trust
         self.token_ttl_s = token_ttl_s
         self.caller_limit = caller_limit or RateLimit(2.0, 20)
         self.login_limit = login_limit or RateLimit(2.0, 10)
@@ -554,24 +237,35 @@ class Auth:
         if not self.login_limit.allow(client):
             raise RateLimited("too many login attempts from this address; wait a few seconds")
 
-    def login(self, user: str, password: str) -> Login:
-        """Check the password (slow on purpose and thread-safe: run it off the event loop)."""
+    def audience(self, asked: object) -> Audience | None:
+        """The audience a login body asks for (None: the default); raises BadAudience."""
+        return None if asked is None else asked_audience(asked, self.signer.keys.ring.sites())
+
+    def login(self, user: str, password: str, audience: Audience | None = None) -> Login:
+        """Check the password (slow on purpose and thread-safe: run it off the event loop); the
+        token counts where `audience` says, else at `default_audience`."""
         known = self.users.get(user)
         stored = known.password_hash if known is not None else self._dummy_hash
         if not verify_password(password, stored) or known is None:
             raise LoginFailed("unknown user or wrong password")
-        claims = self._claims(known.name, known.role)
+        claims = self._claims(known.name, known.role, audience=audience)
         return Login(self.signer.issue(claims), claims)
 
-    def _claims(self, user: str, role: Role, call_id: str = "") -> Claims:
+    def _claims(
+        self, user: str, role: Role, call_id: str = "", audience: Audience | None = None
+    ) -> Claims:
         now = self._clock()
         expires = now + int(self.token_ttl_s * 1000)
         token_id = f"{self.site}~{secrets.token_urlsafe(16)}"
-        return Claims(user, role, expires, call_id, token_id, now, self.site)
+        if audience is None:
+            audience = default_audience(role, self.users.get(user), self.site, self.trust)
+        return Claims(user, role, expires, call_id, token_id, now, self.site, audience)
 
-    def token_for(self, user: str, role: Role, call_id: str = "") -> str:
+    def token_for(
+        self, user: str, role: Role, call_id: str = "", audience: Audience | None = None
+    ) -> str:
         """A token without a password (the caller token of a new call; tests' admin token)."""
-        return self.signer.issue(self._claims(user, role, call_id))
+        return self.signer.issue(self._claims(user, role, call_id, audience))
 
     def caller_token(self, call_id: str) -> str:
         return self.token_for(f"caller:{call_id}", Role.CALLER, call_id)
@@ -605,8 +299,12 @@ class Auth:
         return claims
 
     def verify(self, token: str) -> Claims:
-        """The token's claims; raises AuthError, TokenExpired, OutOfScope or TokenRevoked."""
+        """The token's claims; raises AuthError, TokenExpired, WrongAudience, OutOfScope or
+        TokenRevoked."""
         claims, issuer = self.signer.verify(token, self._clock())
+        elsewhere = outside_audience(claims, self.site, self.trust)
+        if elsewhere is not None:
+            raise WrongAudience(f"token refused: {elsewhere}")
         beyond = out_of_scope(claims, issuer, self.site, self.users)
         if beyond is not None:
             raise OutOfScope(f"token refused: {beyond}")
@@ -631,7 +329,7 @@ class Auth:
 
     def may_spread(self, entry: Revocation) -> bool:
         """Whether this site may push the entry to other sites (a partner: its own users')."""
-        return revocation_out_of_scope(entry, self.site, self.signer.keys.trust, self.users) is None
+        return revocation_out_of_scope(entry, self.site, self.trust, self.users) is None
 
     def revoke_token(self, claims: Claims) -> Revocation:
         """Revoke this one token (POST /logout); the entry to spread."""

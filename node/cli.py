@@ -142,7 +142,7 @@ def _ca(args: argparse.Namespace) -> int:
 def _hash_password(args: argparse.Namespace) -> int:
     import getpass
 
-    from node.auth import hash_password
+    from node.users import hash_password
 
     password = sys.stdin.readline().rstrip("\n") if args.stdin else getpass.getpass()
     if not password:

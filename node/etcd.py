@@ -513,7 +513,15 @@ class Etcd:
         if ttl <= 0:
             self._lose_lease(lease_id, "etcd says it expired")
             return
-        self._lease_deadline = sent + ttl * _LEASE_SAFE_FRACTION
+        now, deadline = loop.time(), sent + ttl * _LEASE_SAFE_FRACTION
+        if self._lease_deadline <= now < deadline:
+            # has_lease was false meanwhile, with no loss declared: the doubt ends in a renewal
+            log.warning(
+                "etcd lease %d kept alive %.3f s after its deadline (has_lease was false)",
+                lease_id,
+                now - self._lease_deadline,
+            )
+        self._lease_deadline = deadline
         self._refresh_at = sent + self._lease_ttl_s / 3
 
     def _lose_lease(self, lease_id: int, reason: str) -> None:

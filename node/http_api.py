@@ -13,9 +13,11 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from node import metrics, openapi
-from node.auth import Auth, Claims, Role
-from node.revoker import Revoker, unsealed
+from node.auth import Auth
+from node.revoker import Revoker
 from node.sessions import Profile, Sessions
+from node.tokens import Claims
+from node.users import Role
 from registry.errors import InvalidRecord
 from registry.records import (
     AgentRecord,
@@ -50,6 +52,7 @@ _STATUS = {
     "unauthorized": 401,
     "token_expired": 401,
     "token_revoked": 401,
+    "wrong_audience": 401,
     "out_of_scope": 403,
     "login_failed": 401,
     "forbidden": 403,
@@ -145,14 +148,21 @@ def _profile(body: dict[str, Any]) -> Profile:
     skills = body.get("skills", {})
     if not isinstance(skills, dict):
         raise BadRequest('skills must be an object of name to level, e.g. {"sales": 3}')
-    try:
-        return Profile(
-            tier=int(body.get("tier", 1)),
-            skills=skills_from({str(k): v for k, v in skills.items()}),
-            capacity=int(body.get("capacity", 1)),
-        )
-    except (TypeError, ValueError) as error:
-        raise BadRequest(f"tier and capacity must be integers: {error}") from None
+    return Profile(
+        tier=_whole(body, "tier"),
+        skills=skills_from({str(k): v for k, v in skills.items()}),
+        capacity=_whole(body, "capacity"),
+    )
+
+
+def _whole(body: dict[str, Any], name: str, default: int = 1) -> int:
+    """A whole number of the body (JSON's 2 or 2.0; not 1.5, "2", true or 1e400)."""
+    value = body.get(name, default)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"{name} must be a whole number, got {value!r:.40}")
+    return value
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -272,14 +282,16 @@ def make_app(
         user, password = body.get("user"), body.get("password")
         if not isinstance(user, str) or not isinstance(password, str):
             raise BadRequest('user and password must be strings, e.g. {"user": "ann", ...}')
+        audience = auth.audience(body.get("audience"))
         auth.admit_login(request.remote or "?")
-        done = await asyncio.to_thread(auth.login, user, password)
+        done = await asyncio.to_thread(auth.login, user, password, audience)
         return web.json_response(
             {
                 "token": done.token,
                 "user": done.claims.user,
                 "role": done.claims.role.value,
                 "expires_ms": done.claims.expires_ms,
+                "audience": done.claims.audience.wire(),
             }
         )
 
@@ -304,11 +316,6 @@ def make_app(
         entry = auth.revoke_user(user)
         await revoker.revoked(entry)
         return web.json_response({"revoked": "user", "user": user, "before_ms": entry.at_ms})
-
-    async def revocations(request: web.Request) -> web.Response:
-        auth, revoker = need_revoker()
-        entries = unsealed(auth, await _body(request))
-        return web.json_response({"received": len(entries), "new": await revoker.received(entries)})
 
     async def set_state(request: web.Request) -> web.Response:
         body = await _body(request)
@@ -348,7 +355,6 @@ def make_app(
     app.router.add_post("/login", user_login)
     app.router.add_post("/logout", user_logout)
     app.router.add_post("/users/{user}/revoke", revoke_user)
-    app.router.add_post("/revocations", revocations)
     if faults is not None:
         app.router.add_post("/debug/faults", set_faults)
     app.router.add_get("/healthz", healthz)

@@ -3,7 +3,9 @@ other nodes. Protobuf messages stop here.
 
 With `PeerRules` (node/calls_rpc.py), a partner peer may open or close a leg only for a call its
 site's nodes own and that the agent is offered here (node/peerpolicy.py `may_relay`), as for
-releases in the call exchange; otherwise PERMISSION_DENIED.
+releases in the call exchange, and the relay address it names must be its own (the IP its
+connection comes from, or its node's gossiped gRPC host: `may_send_media_to`), so that it cannot
+have a call's RTP sent to a third host; otherwise PERMISSION_DENIED.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from typing import Protocol
+from urllib.parse import unquote
 
 import grpc
 
@@ -42,6 +45,14 @@ class HomeMedia(Protocol):
     async def close_leg(self, call_id: str, agent_id: str) -> None: ...
 
 
+def peer_host(context: grpc.aio.ServicerContext) -> str | None:
+    """The IP address a server-side call comes from ("ipv4:H:P", "ipv6:%5BH%5D:P"), or None."""
+    kind, _, rest = unquote(context.peer() or "").partition(":")
+    if kind not in ("ipv4", "ipv6") or ":" not in rest:
+        return None
+    return rest.rpartition(":")[0].strip("[]")
+
+
 class MediaServicer(pb_grpc.MediaServicer):
     def __init__(
         self, plane: Callable[[], HomeMedia | None], rules: PeerRules | None = None
@@ -50,14 +61,23 @@ class MediaServicer(pb_grpc.MediaServicer):
         self._rules = rules
 
     def _refusal(
-        self, context: grpc.aio.ServicerContext, call_id: str, agent_id: str
+        self,
+        context: grpc.aio.ServicerContext,
+        call_id: str,
+        agent_id: str,
+        address: str | None = None,
     ) -> str | None:
-        """Why this peer may not touch the leg of (call, agent) here, or None."""
+        """Why this peer may not touch the leg of (call, agent) here, nor have its RTP sent to
+        `address` (an Open), or None."""
         if self._rules is None:
             return None
         peer = self._rules.transport.peer(context)
         owner = self._rules.offer_owner(call_id, agent_id)
-        return peerpolicy.may_relay(peer, owner, self._rules.view)
+        refused = peerpolicy.may_relay(peer, owner, self._rules.view)
+        if refused is None and address is not None:
+            host = peer_host(context)
+            refused = peerpolicy.may_send_media_to(peer, address, host, self._rules.view)
+        return refused
 
     async def _refuse(self, context: grpc.aio.ServicerContext, reason: str) -> None:
         log.warning("media leg refused: %s", reason)
@@ -83,7 +103,7 @@ class MediaServicer(pb_grpc.MediaServicer):
         except InvalidRecord as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
             raise
-        refused = self._refusal(context, request.call_id, request.agent_id)
+        refused = self._refusal(context, request.call_id, request.agent_id, request.address)
         if refused is not None:
             await self._refuse(context, refused)
         try:

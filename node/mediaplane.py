@@ -50,7 +50,9 @@ class MediaSettings:
     """The address of the node's ICE host candidates and node-to-node legs ("" = every
     interface aioice finds for ICE, and `relay_host` for node-to-node legs)."""
     relay_host: str = "127.0.0.1"
-    """Where node-to-node legs listen when `host` is empty."""
+    """Where node-to-node legs listen when `host` is empty. A partner node's relay address is
+    taken by an in-house home node only when its host is where the partner's gRPC connections
+    come from or its gossiped gRPC host (node/peerpolicy.py `may_send_media_to`)."""
     mode: str = "forward"
     """forward: RTP forwarded with rewritten headers; transcode: decoded and encoded again;
     stock: aiortc's tracks relayed as aiortc does it (a benchmark baseline, one node only)."""

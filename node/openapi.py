@@ -65,13 +65,21 @@ PATHS: dict[str, dict[str, Any]] = {
     "/openapi.json": {"get": _op("This document", errors=(), tag="operations")},
     "/login": {
         "post": _op(
-            "Log in with user and password: a token for Authorization: Bearer TOKEN",
+            "Log in with user and password: a token for Authorization: Bearer TOKEN, which counts "
+            "at the sites of its audience only (by default an in-house site's tokens at the "
+            "in-house sites; ask for others with audience: [SITE, ...])",
             body={
                 "type": "object",
                 "required": ["user", "password"],
                 "properties": {
                     "user": {"type": "string", "maxLength": 64},
                     "password": {"type": "string", "maxLength": 1024},
+                    "audience": {
+                        "type": "array",
+                        "items": {"type": "string", "maxLength": 64},
+                        "minItems": 1,
+                        "maxItems": 32,
+                    },
                 },
             },
             errors=(400, 401, 404, 429),
@@ -264,23 +272,6 @@ PATHS: dict[str, dict[str, Any]] = {
         "post": _op(
             "Revoke every token of a user issued until now, at every node of every site",
             errors=(400, 404),
-            tag="authentication",
-        )
-    },
-    "/revocations": {
-        "post": _op(
-            "Revocations pushed by another site's node (signed with that site's key; a partner "
-            "site may revoke only its own users' tokens)",
-            body={
-                "type": "object",
-                "required": ["site", "revocations", "signature"],
-                "properties": {
-                    "site": {"type": "string"},
-                    "revocations": {"type": "string"},
-                    "signature": {"type": "string"},
-                },
-            },
-            errors=(400, 401, 403, 404),
             tag="authentication",
         )
     },

@@ -10,7 +10,10 @@ In-house peers are trusted with everything the protocol allows. A partner site's
 - report what an agent did, or ask for a waiting call for an agent, only for agents homed at its
   site;
 - open or close a node-to-node media leg to an agent only for a call its site's nodes own and
-  that agent is offered here (the Media service, node/media_rpc.py).
+  that agent is offered here (the Media service, node/media_rpc.py), and have its RTP sent only
+  to itself: the host its connection comes from, or the host of its certificate's node's
+  gossiped gRPC address (`may_send_media_to`), never to a third party (no exfiltration or
+  reflection of a call's audio).
 Rights are a site's: a certificate names a site and its trust (its CN may be the node or the
 site), and node ids are mapped to sites through the registry, whose node entries a partner can
 only write for its own site.
@@ -22,6 +25,7 @@ identities to check.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -153,3 +157,41 @@ def may_relay(peer: Identity | None, call_owner: str | None, view: RegistryView)
     if _site_of(view, call_owner) != peer.site:
         return f"site {peer.site} may bridge media only for its own nodes' calls"
     return None
+
+
+def _canonical(host: str) -> str:
+    """A host as compared: an IP address in its canonical form, a name in lower case."""
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return host.lower()
+
+
+def _host(address: str) -> str:
+    """The host of host:port ([v6]:port too)."""
+    return _canonical(address.rpartition(":")[0])
+
+
+def may_send_media_to(
+    peer: Identity | None, address: str, peer_host: str | None, view: RegistryView
+) -> str | None:
+    """None when this node may send a media leg's RTP to `address` (host:port) for the peer that
+    asks; else why not. A partner's node may name only itself: `peer_host` (the IP its
+    connection comes from, None when unknown) or the host of the gRPC address the registry
+    holds for the node its certificate names (when that node is of its site). The port is
+    free: a node's legs take ephemeral ports."""
+    if _trusted(peer):
+        return None
+    assert peer is not None
+    wanted = _host(address)
+    own = view.node(peer.node_id)
+    hosts = {_canonical(peer_host)} if peer_host else set()
+    if own is not None and own.site == peer.site:
+        hosts.add(_host(own.grpc))
+    if wanted in hosts:
+        return None
+    known = ", ".join(sorted(hosts)) or "none known"
+    return (
+        f"site {peer.site} may have media sent only to its own node ({known}), "
+        f"not to {address!r:.70}"
+    )

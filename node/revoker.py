@@ -5,15 +5,18 @@
   prefix when it starts and watches it, so a node of the site refuses a revoked token as soon as
   its watch delivers the key (and a restarted node still knows it).
 - Between sites: the node that took the revocation pushes it at once to one up node of every
-  other site it knows from the registry (`POST /revocations` over HTTP), which writes it into its
-  own site's etcd. Pushes can fail (a site cut off); so every gateway node also pushes its site's
-  whole list every `sync_s` to every other site (anti-entropy: a site that missed an entry gets
-  it after the partition heals, through any site that has it).
+  other site it knows from the registry (its gateways first), over the nodes' gRPC channel with
+  mutual TLS (the Revocations service, node/revocation_rpc.py), and that node writes it into its
+  own site's etcd. Pushes can fail (a site cut off); so every gateway node also pushes its
+  site's whole list every `sync_s` to every other site (anti-entropy: a site that missed an
+  entry gets it after the partition heals, through any site that has it).
 - A push names the pushing site and is signed with that site's key (node/sitekeys.py), not a
-  token: it carries no credential worth stealing, and a replay only repeats a revocation. A
-  partner site may spread only its own users' revocations (node/auth.py,
-  `revocation_out_of_scope`): a push with any other entry is refused whole (403), and a partner
-  node leaves the others (learnt from in-house sites) out of its own pushes.
+  token: it carries no credential worth stealing, and a replay only repeats a revocation. Over
+  mutual TLS the push must also name the site of the pushing node's certificate, and a
+  partner's certificate makes it a partner's push whatever the key ring says. A partner site
+  may spread only its own users' revocations (node/tokens.py, `revocation_out_of_scope`): a push
+  with any other entry is refused whole, and a partner node leaves the others (learnt from
+  in-house sites) out of its own pushes.
 - Expired entries (no token they refuse can be valid) are dropped from memory everywhere and
   deleted from etcd by the gateways.
 """
@@ -25,23 +28,31 @@ import contextlib
 import json
 import logging
 from types import TracebackType
-from typing import Any
-
-import aiohttp
+from typing import Any, Protocol
 
 from node.auth import Auth
+from node.ca import Identity
 from node.etcd import Etcd, EventKind, WatchCompacted
 from node.revocations import Revocation
 from node.tasks import Tasks
+from node.tokens import OutOfScope
 from registry.clock import wall_ms
 from registry.errors import InvalidRecord
+from registry.records import Trust
 from registry.registry import Registry
 
 log = logging.getLogger(__name__)
 
 MAX_PUSH = 200
-"""Entries per push (a request body stays under the API's 64 KiB)."""
-PUSH_TIMEOUT_S = 3.0
+"""Entries per push (a push stays under the HTTP API's 64 KiB body)."""
+
+
+class Pusher(Protocol):
+    """How a push reaches one node of another site (node/revocation_rpc.py's RevocationLink)."""
+
+    async def push(self, address: str, body: dict[str, Any]) -> None:
+        """Deliver a `sealed` body to the node at `address` (its gRPC host:port); raise
+        ConnectionError when it did not take it."""
 
 
 def prefix(site: str) -> str:
@@ -58,13 +69,22 @@ def sealed(auth: Auth, entries: list[Revocation]) -> dict[str, Any]:
     return {"site": auth.site, "revocations": payload, "signature": auth.sign(payload)}
 
 
-def unsealed(auth: Auth, body: dict[str, Any]) -> list[Revocation]:
+def unsealed(auth: Auth, body: dict[str, Any], peer: Identity | None = None) -> list[Revocation]:
     """The entries of a push body; raises InvalidRecord (400), AuthError (401: unknown site,
-    bad signature) or OutOfScope (403: a partner revoking others' tokens)."""
+    bad signature) or OutOfScope (403: a partner revoking others' tokens, or a node pushing for
+    a site its certificate does not name). `peer`: who pushed, by its certificate (None: not
+    over mutual TLS)."""
     site, payload, signature = body.get("site"), body.get("revocations"), body.get("signature")
     if not isinstance(site, str) or not isinstance(payload, str) or not isinstance(signature, str):
         raise InvalidRecord('a push is {"site": ..., "revocations": JSON TEXT, "signature": ...}')
+    if peer is not None and peer.site != site:
+        raise OutOfScope(
+            f"a node of site {peer.site} may push only its own site's revocations, "
+            f"not site {site[:64]!r}'s"
+        )
     trust = auth.check_revocations(site, payload, signature)
+    if peer is not None and peer.trust is Trust.PARTNER:
+        trust = Trust.PARTNER  # a partner's certificate bounds the push, whatever the key ring
     try:
         raw = json.loads(payload)
     except ValueError:
@@ -86,6 +106,7 @@ class Revoker:
         etcd: Etcd,
         registry: Registry,
         site: str,
+        pusher: Pusher,
         *,
         gateway: bool,
         sync_s: float,
@@ -94,14 +115,13 @@ class Revoker:
         self._etcd = etcd
         self._registry = registry
         self._site = site
+        self._pusher = pusher
         self._gateway = gateway
         self._sync_s = sync_s
-        self._http: aiohttp.ClientSession | None = None
         self._tasks = Tasks("revocations")
         self._revision = 0
 
     async def __aenter__(self) -> Revoker:
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PUSH_TIMEOUT_S))
         await self._load()
         self._tasks.spawn(self._watch(), "revocation watch")
         self._tasks.spawn(self._sync(), "revocation sync")
@@ -114,8 +134,6 @@ class Revoker:
         trace: TracebackType | None,
     ) -> None:
         await self._tasks.close()
-        if self._http is not None:
-            await self._http.close()
 
     async def revoked(self, entry: Revocation) -> None:
         """A revocation taken here (already in `auth`): into the site's etcd, then at once to
@@ -183,25 +201,23 @@ class Revoker:
         if not entries:
             return  # a partner site's node: only its own users' revocations leave it
         sites: dict[str, list[str]] = {}
-        for info in self._registry.nodes():
-            if info.up and info.site != self._site and info.http:
-                sites.setdefault(info.site, []).append(info.http)
+        # gateways first: another site may let only its gateway be reached from outside
+        for info in sorted(self._registry.nodes(), key=lambda i: (not i.gateway, i.node_id)):
+            if info.up and info.site != self._site:
+                sites.setdefault(info.site, []).append(info.grpc)
         for site, addresses in sorted(sites.items()):
             if not await self._push(addresses, entries):
                 log.info("revocations not delivered to site %s yet (will retry)", site)
 
     async def _push(self, addresses: list[str], entries: list[Revocation]) -> bool:
         """Push to the first node of a site that takes it; whether one did."""
-        assert self._http is not None
         for address in addresses:
             try:
                 for start in range(0, len(entries), MAX_PUSH):
-                    body = sealed(self.auth, entries[start : start + MAX_PUSH])
-                    url = f"http://{address}/revocations"
-                    async with self._http.post(url, json=body) as response:
-                        if response.status != 200:
-                            raise aiohttp.ClientError(f"{response.status}")
+                    await self._pusher.push(
+                        address, sealed(self.auth, entries[start : start + MAX_PUSH])
+                    )
                 return True
-            except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            except ConnectionError as error:
                 log.info("revocation push to %s failed: %s", address, error)
         return False

@@ -34,6 +34,9 @@ LOGIN_ATTEMPTS = 5
 SWEEP_S = 5.0
 """How often each node looks for logged-in agents of its site whose session key is gone."""
 RETRY_S = 1.0
+SETTLE_S = 10.0
+"""How long `settled` waits for a doubtful lease to be renewed or declared lost."""
+SETTLE_POLL_S = 0.05
 
 
 class SessionError(Exception):
@@ -90,6 +93,28 @@ class Sessions:
     def fenced(self) -> bool:
         """No live lease: act on nothing (the lease may have expired while the node was paused)."""
         return self._fenced or not self._etcd.has_lease
+
+    @property
+    def lease_lost(self) -> bool:
+        """The lease was declared lost (or none is held yet): the sessions were dropped, and
+        their keys and slots die with the lease."""
+        return self._fenced
+
+    async def settled(self, agent_id: str, within_s: float = SETTLE_S) -> bool:
+        """Whether this node holds the agent's session, once a doubtful lease is decided.
+
+        `fenced` is also true when the lease's deadline passed before the keep-alive's answer
+        came (a stalled loop, a slow or restarting etcd): the lease may still be renewed, and
+        the sessions are kept until the keep-alive says. An action that must not be lost (a
+        release, the end of a wrap-up) waits here instead of giving up while its session lives
+        on: dropped, the agent stayed reserved for good, its session alive (a path to the
+        chaos checker's seed-13 finding)."""
+        for _ in range(max(1, round(within_s / SETTLE_POLL_S))):
+            # polled: a renewal moves only the lease's deadline, and nothing announces that
+            if agent_id not in self.held or not self.fenced:
+                break
+            await asyncio.sleep(SETTLE_POLL_S)
+        return agent_id in self.held and not self.fenced
 
     @property
     def node_id(self) -> str:

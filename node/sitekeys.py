@@ -13,8 +13,9 @@ every node checks them against that site's public key (Ed25519).
 - `callmesh ca site-key DIR --site SITE --trust TRUST` makes DIR/SITE.site.key and adds SITE to
   DIR/site-keys.toml (`write_site_key`).
 
-What a site's signature may claim (a partner's tokens and pushes are bounded) is node/auth.py's
-business; this module only says which site signed what, under which trust.
+What a site's signature may claim (a partner's tokens and pushes are bounded, a token counts
+only at the sites of its audience) is node/tokens.py's business; this module only says which
+site signed what, under which trust.
 """
 
 from __future__ import annotations

@@ -376,7 +376,9 @@ class MediaOpenRequest(_message.Message):
     call_id: _builtins.str
     agent_id: _builtins.str
     address: _builtins.str
-    """host:port where the owner takes the call's RTP"""
+    """host:port where the owner takes the call's RTP; a partner's node may name only itself (the
+    host it connects from, or its gossiped gRPC host), else PERMISSION_DENIED
+    """
     def __init__(
         self,
         *,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chaos.runner import Options, choose_netns, run_schedule
+from chaos.runner import VIOLATIONS_FILE, Options, choose_netns, run_schedule, violations_report
 from node.netns import unavailable
 
 NETNS = unavailable() is None
@@ -29,6 +29,10 @@ async def test_a_short_schedule_of_every_fault_kind_breaks_no_invariant(tmp_path
     assert result.converged_after_s <= 10.0
     assert lines[0].startswith("schedule seed=7")
     assert result.cut_mechanism == ("netns" if NETNS else "faults")
+    report = (tmp_path / "seed-7" / VIOLATIONS_FILE).read_text()
+    assert result.report == str(tmp_path / "seed-7" / VIOLATIONS_FILE)
+    assert report.startswith("seed 7: 0 violations\nviolations: none\n"), report
+    assert "schedule seed=7" in report
     assert lines[1].startswith("cuts: network namespaces" if NETNS else "cuts: fault injection")
     assert result.faults.get("CutLink", 0) >= 1, lines  # a cut ran, by that mechanism
 
@@ -43,8 +47,12 @@ async def test_a_short_schedule_of_every_fault_kind_breaks_no_invariant(tmp_path
             13,
             marks=pytest.mark.xfail(
                 strict=False,
-                reason="open finding: once in a run, an agent of site-b was left reserved after "
-                "its home was paused and the owner (partner-c-n1) killed; not yet explained",
+                reason="open finding: on a loaded machine, partner-c-agent2 talked on two calls "
+                "at once: partner-c-n1 was killed while it talked on site-a-n2's call, and site-a "
+                "was cut off from the other sites while the agent, logged in again, took a call "
+                "of site-b-n1's (the owner cannot see the new epoch across the cut). The earlier "
+                "finding, a site-b agent (capacity 2) left reserved, has three causes fixed in "
+                "node/agentdesk.py (tests/chaos/test_findings.py)",
             ),
         ),
     ],
@@ -56,8 +64,27 @@ async def test_longer_schedules_break_no_invariant(tmp_path: Path, seed: int) ->
         # an xfail shows no output: the warnings summary carries the finding to the CI log
         found = "; ".join(str(v) for v in result.violations)
         schedule = " | ".join(line.strip() for line in lines[:14])
-        warnings.warn(f"chaos seed 13 violations: {found}; schedule: {schedule}", stacklevel=1)
+        warnings.warn(
+            f"chaos seed 13 violations: {found}; schedule: {schedule}; written to {result.report}",
+            stacklevel=1,
+        )
     assert result.violations == (), "\n".join(lines)
+
+
+def test_the_violations_file_names_each_violation_before_the_schedule() -> None:
+    from chaos.checker import Violation
+
+    found = (
+        Violation("END", "site-b-agent1", "left reserved with 1 calls (as site-a-n1 sees it)"),
+    )
+    text = violations_report(13, ["schedule seed=13 duration=90s 11 faults", "  5.3s pause"], found)
+    lines = text.splitlines()
+    assert lines[0] == "seed 13: 1 violations"
+    assert lines[1] == (
+        "VIOLATION END site-b-agent1: left reserved with 1 calls (as site-a-n1 sees it)"
+    )
+    assert lines.index("schedule seed=13 duration=90s 11 faults") > 1
+    assert "violations: none" in violations_report(13, [], ())
 
 
 def test_a_run_falls_back_to_fault_injection_or_refuses_when_namespaces_are_insisted_on() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +13,7 @@ from node.agentdesk import AgentDesk, OfferError
 from node.callstate import CallState
 from node.etcd import Etcd, EtcdUnavailable
 from node.etcd_server import EtcdServer
-from node.exchange import AgentAction, CallInfo, Desk, Owner, ReleaseReason
+from node.exchange import AgentAction, CallInfo, Desk, Owner, ReleaseReason, Verdict
 from node.sessions import Profile, Sessions
 from registry.clock import HybridClock
 from registry.records import AgentState, Trust
@@ -213,4 +214,210 @@ async def test_a_release_while_etcd_is_down_frees_the_agent_and_the_slot_later(
 
         await eventually(freed, 5, "the slot freed once etcd answers")
         assert (await desk.reserve(CallInfo("c2", "n9", "chaos", "+2", 0), "ann", 30, 0)).reserved
+        await desk.close()
+
+
+class _Doubt:
+    """The etcd lease's deadline passed before its keep-alive's answer came: `has_lease` is
+    false, but no loss is declared (`lease_lost` stays false) and the answer may renew it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.doubtful = False
+        doubt = self
+
+        def has_lease(etcd: Etcd) -> bool:
+            return etcd.lease_id is not None and not doubt.doubtful
+
+        monkeypatch.setattr(Etcd, "has_lease", property(has_lease))
+
+
+async def test_a_release_while_the_lease_is_doubtful_frees_the_agent_once_it_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seed 13 of `callmesh chaos`, on a loaded machine: a release came while the lease's
+    deadline had passed and its keep-alive's answer was late; the release saw the node fenced
+    and did nothing, the answer renewed the lease, and the agent, its session alive, stayed
+    reserved for good with its slot held (the sweep reaps only sessions whose key is gone)."""
+    doubt = _Doubt(monkeypatch)
+    async with (
+        EtcdServer("e1", tmp_path / "e1") as server,
+        Etcd([server.client_url], lease_ttl_s=5) as etcd,
+    ):
+        registry = Registry("n1", HybridClock())
+        sessions = Sessions(etcd, registry, "site-a", Trust.INHOUSE, on_write=lambda: None)
+        sessions.unfence()
+        desk = AgentDesk(etcd, registry, sessions, _NoLink(), lambda: {})
+        await sessions.login("ann", Profile(1, (("chaos", 5),), 1))
+        assert (await desk.reserve(CallInfo("c1", "n9", "chaos", "+1", 0), "ann", 30, 0)).reserved
+        slot = sessions.slot_key("ann", 0)
+        doubt.doubtful = True
+        await desk.release("c1", "ann", ReleaseReason.MISSED)  # the owner's ring timeout
+        record = registry.agent("ann")
+        assert record is not None
+        assert record.state is AgentState.RESERVED  # nothing is written while in doubt
+        assert not sessions.lease_lost
+        doubt.doubtful = False  # the keep-alive's answer comes: the lease was kept
+
+        async def available() -> bool:
+            record = registry.agent("ann")
+            return record is not None and record.state is AgentState.AVAILABLE
+
+        await eventually(available, 5, "the agent available once the lease is kept")
+        assert await etcd.get(slot) is None
+        assert (await desk.reserve(CallInfo("c2", "n9", "chaos", "+2", 0), "ann", 30, 0)).reserved
+        await desk.close()
+
+
+async def test_a_reservation_that_finds_the_lease_doubtful_after_its_slot_frees_the_slot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same doubt between writing the slot and writing the agent's record: the refusal
+    left the slot held under a lease that lived on, and the agent could never be reserved."""
+    doubt = _Doubt(monkeypatch)
+    async with (
+        EtcdServer("e1", tmp_path / "e1") as server,
+        Etcd([server.client_url], lease_ttl_s=5) as etcd,
+    ):
+        registry = Registry("n1", HybridClock())
+        sessions = Sessions(etcd, registry, "site-a", Trust.INHOUSE, on_write=lambda: None)
+        sessions.unfence()
+        desk = AgentDesk(etcd, registry, sessions, _NoLink(), lambda: {})
+        await sessions.login("ann", Profile(1, (("chaos", 5),), 1))
+        put_if = etcd.put_if
+
+        async def put_then_doubt(key: str, value: bytes, **kwargs: object) -> bool:
+            written = await put_if(key, value, **kwargs)  # type: ignore[arg-type]
+            doubt.doubtful = "/slots/" in key
+            return written
+
+        monkeypatch.setattr(etcd, "put_if", put_then_doubt)
+        refused = await desk.reserve(CallInfo("c1", "n9", "chaos", "+1", 0), "ann", 30, 0)
+        assert (refused.reserved, refused.reason) == (False, "node_fenced")
+        doubt.doubtful = False
+        monkeypatch.setattr(etcd, "put_if", put_if)
+        assert await etcd.get(sessions.slot_key("ann", 0)) is None
+        assert (await desk.reserve(CallInfo("c2", "n9", "chaos", "+2", 0), "ann", 30, 0)).reserved
+        await desk.close()
+
+
+async def test_a_release_while_the_lease_is_doubtful_ends_when_the_lease_is_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the doubt ends in a lost lease, the waiting release writes nothing: the session was
+    dropped, its slot dies with the lease and a peer writes the agent offline."""
+    doubt = _Doubt(monkeypatch)
+    async with (
+        EtcdServer("e1", tmp_path / "e1") as server,
+        Etcd([server.client_url], lease_ttl_s=5) as etcd,
+    ):
+        registry = Registry("n1", HybridClock())
+        sessions = Sessions(etcd, registry, "site-a", Trust.INHOUSE, on_write=lambda: None)
+        sessions.unfence()
+        desk = AgentDesk(etcd, registry, sessions, _NoLink(), lambda: {})
+        await sessions.login("ann", Profile(1, (("chaos", 5),), 1))
+        assert (await desk.reserve(CallInfo("c1", "n9", "chaos", "+1", 0), "ann", 30, 0)).reserved
+        doubt.doubtful = True
+        await desk.release("c1", "ann", ReleaseReason.MISSED)
+        sessions.fence()  # the keep-alive declares the lease lost
+        assert not await sessions.settled("ann", within_s=0.2)
+        record = registry.agent("ann")
+        assert record is not None
+        assert record.state is AgentState.RESERVED  # the fenced node wrote nothing
+        await desk.close()
+
+
+async def test_two_releases_at_once_leave_an_agent_of_capacity_two_available(
+    tmp_path: Path,
+) -> None:
+    """Seed 13 of `callmesh chaos`, on a loaded machine (site-b's agents have capacity 2): two
+    calls of one agent ended at once; each release read the agent's record, waited for etcd to
+    free its slot, and wrote the record it had read with one call less, so the second write
+    undid the first and the agent was left reserved with one call for good."""
+    async with (
+        EtcdServer("e1", tmp_path / "e1") as server,
+        Etcd([server.client_url], lease_ttl_s=5) as etcd,
+    ):
+        registry = Registry("n1", HybridClock())
+        sessions = Sessions(etcd, registry, "site-b", Trust.INHOUSE, on_write=lambda: None)
+        sessions.unfence()
+        desk = AgentDesk(etcd, registry, sessions, _NoLink(), lambda: {})
+        await sessions.login("bob", Profile(1, (("chaos", 5),), 2))
+        for call in ("c1", "c2"):
+            info = CallInfo(call, "n9", "chaos", "+1", 0)
+            assert (await desk.reserve(info, "bob", 30, 0)).reserved
+        record = registry.agent("bob")
+        assert record is not None
+        assert (record.state, record.active_calls) == (AgentState.RESERVED, 2)
+        await asyncio.gather(
+            desk.release("c1", "bob", ReleaseReason.CANCELLED),
+            desk.release("c2", "bob", ReleaseReason.CANCELLED),
+        )
+        record = registry.agent("bob")
+        assert record is not None
+        assert (record.state, record.active_calls) == (AgentState.AVAILABLE, 0)
+        assert [await etcd.get(sessions.slot_key("bob", slot)) for slot in (0, 1)] == [None, None]
+        await desk.close()
+
+
+class _SlowOwner:
+    """A call's owner that accepts an answer only once `go` is set (a slow or loaded owner)."""
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def report(
+        self,
+        call_id: str,
+        agent_id: str,
+        action: AgentAction,
+        epoch: int,
+        *,
+        queue: str = "",
+        notes: str = "",
+    ) -> Verdict:
+        self.asked.set()
+        await self.go.wait()
+        return Verdict(True)
+
+    async def pull(self, agent_id: str, home_node: str, queue: str) -> bool:
+        return False
+
+
+class _SlowLink:
+    def __init__(self, owner: _SlowOwner) -> None:
+        self._owner = owner
+
+    def desk(self, node_id: str) -> Desk:
+        raise AssertionError("not used")
+
+    def owner(self, node_id: str) -> Owner:
+        return self._owner
+
+
+async def test_an_answer_accepted_after_the_offer_lapsed_does_not_leave_the_agent_talking(
+    tmp_path: Path,
+) -> None:
+    """The agent answered as its offer was about to lapse, and the owner's accept came after
+    the lapse had released the agent: the answer then wrote the agent talking, with no offer
+    left for any release to undo it, and the agent stayed talking for good."""
+    owner = _SlowOwner()
+    async with (
+        EtcdServer("e1", tmp_path / "e1") as server,
+        Etcd([server.client_url], lease_ttl_s=5) as etcd,
+    ):
+        registry = Registry("n1", HybridClock())
+        sessions = Sessions(etcd, registry, "site-b", Trust.INHOUSE, on_write=lambda: None)
+        sessions.unfence()
+        desk = AgentDesk(etcd, registry, sessions, _SlowLink(owner), lambda: {})
+        await sessions.login("bob", Profile(1, (("chaos", 5),), 1))
+        assert (await desk.reserve(CallInfo("c1", "n9", "chaos", "+1", 0), "bob", 30, 0)).reserved
+        answering = asyncio.create_task(desk.act("bob", "c1", AgentAction.ANSWER))
+        await asyncio.wait_for(owner.asked.wait(), 5)
+        await desk.release("c1", "bob", ReleaseReason.MISSED)  # the offer lapses meanwhile
+        owner.go.set()
+        await answering
+        record = registry.agent("bob")
+        assert record is not None
+        assert (record.state, record.active_calls) == (AgentState.AVAILABLE, 0)
         await desk.close()

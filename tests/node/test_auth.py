@@ -12,35 +12,28 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from node.auth import (
-    Access,
-    Auth,
-    AuthError,
-    Claims,
-    Forbidden,
-    RateLimit,
-    RateLimited,
+from node.auth import Access, Auth, Forbidden, RateLimit, RateLimited, access_for, decide
+from node.config import ConfigError, NodeConfig
+from node.http_api import caller_token, make_app
+from node.sessions import Profile
+from node.sitekeys import SiteKeyError, SiteKeys, generate
+from node.tokens import Audience, AuthError, Claims, TokenExpired, TokenSigner
+from node.users import (
     Role,
-    TokenExpired,
-    TokenSigner,
     User,
     UsersFileError,
-    access_for,
-    decide,
     hash_password,
     users_from_toml,
     users_toml,
     verify_password,
 )
-from node.config import ConfigError, NodeConfig
-from node.http_api import caller_token, make_app
-from node.sessions import Profile
-from node.sitekeys import SiteKeyError, SiteKeys, generate
 from registry.records import AgentRecord, AgentState, Trust
 from registry.registry import Registry
 
 RING, PRIVATE = generate({"site-a": Trust.INHOUSE, "partner-c": Trust.PARTNER})
 KEYS = SiteKeys("site-a", PRIVATE["site-a"], RING)
+HOUSE = Audience(inhouse=True)
+"""Tokens that count at every in-house site."""
 """site-a's node: it signs with site-a's key and knows site-a's and partner-c's public keys."""
 FOREIGN_RING, FOREIGN = generate({"site-a": Trust.INHOUSE, "site-x": Trust.INHOUSE})
 FAST_N = 2**10
@@ -59,24 +52,24 @@ def test_password_hash_verifies_only_the_password_and_is_salted() -> None:
 
 def test_tokens_verify_expire_and_refuse_tampering() -> None:
     signer = TokenSigner(KEYS)
-    token = signer.issue(Claims("ann", Role.AGENT, 10_000))
+    token = signer.issue(Claims("ann", Role.AGENT, 10_000, audience=HOUSE))
     assert signer.verify(token, 9_999) == (
-        Claims("ann", Role.AGENT, 10_000, site="site-a"),
+        Claims("ann", Role.AGENT, 10_000, site="site-a", audience=HOUSE),
         Trust.INHOUSE,
     )
     with pytest.raises(TokenExpired):
         signer.verify(token, 10_000)
     version, _payload, signature = token.split(".")
-    forged = signer.issue(Claims("ann", Role.ADMIN, 10_000))
+    forged = signer.issue(Claims("ann", Role.ADMIN, 10_000, audience=HOUSE))
     with pytest.raises(AuthError, match="signature does not verify under site site-a's key"):
         signer.verify(f"{version}.{forged.split('.')[1]}.{signature}", 0)
     # a key the ring does not hold, for a site it knows or for one it does not
     foreign = TokenSigner(SiteKeys("site-a", FOREIGN["site-a"], FOREIGN_RING))
     with pytest.raises(AuthError, match="does not verify under site site-a's key"):
-        signer.verify(foreign.issue(Claims("root", Role.ADMIN, 10_000)), 0)
+        signer.verify(foreign.issue(Claims("root", Role.ADMIN, 10_000, audience=HOUSE)), 0)
     unknown = TokenSigner(SiteKeys("site-x", FOREIGN["site-x"], FOREIGN_RING))
     with pytest.raises(AuthError, match="site 'site-x', which has no key in the key ring"):
-        signer.verify(unknown.issue(Claims("root", Role.ADMIN, 10_000)), 0)
+        signer.verify(unknown.issue(Claims("root", Role.ADMIN, 10_000, audience=HOUSE)), 0)
     with pytest.raises(AuthError):
         signer.verify("garbage", 0)
     with pytest.raises(AuthError, match="malformed"):
@@ -286,15 +279,15 @@ async def test_expired_and_forged_tokens_are_refused(
     served: tuple[str, aiohttp.ClientSession, FakeSessions], auth: Auth
 ) -> None:
     base, http, _ = served
-    expired = auth.signer.issue(Claims("root", Role.ADMIN, 1))
+    expired = auth.signer.issue(Claims("root", Role.ADMIN, 1, audience=HOUSE))
     async with http.get(f"{base}/registry", headers=bearer(expired)) as r:
         assert (r.status, (await r.json())["error"]) == (401, "token_expired")
     foreign = TokenSigner(SiteKeys("site-a", FOREIGN["site-a"], FOREIGN_RING))
-    forged = foreign.issue(Claims("root", Role.ADMIN, 2**50))
+    forged = foreign.issue(Claims("root", Role.ADMIN, 2**50, audience=HOUSE))
     async with http.get(f"{base}/registry", headers=bearer(forged)) as r:
         assert (r.status, (await r.json())["error"]) == (401, "unauthorized")
     partner = TokenSigner(SiteKeys("partner-c", PRIVATE["partner-c"], RING))
-    beyond = partner.issue(Claims("root", Role.ADMIN, 2**50))
+    beyond = partner.issue(Claims("root", Role.ADMIN, 2**50, audience=HOUSE))
     async with http.get(f"{base}/registry", headers=bearer(beyond)) as r:
         body = await r.json()
         assert (r.status, body["error"]) == (403, "out_of_scope"), body

@@ -193,6 +193,10 @@ async def test_bad_call_requests_get_clear_errors(calls: Client) -> None:
     assert (status, body["error"]) == (404, "call_not_found")
     status, body = await client.post("site-a-n1", "/agents/zed/calls/x/answer")
     assert (status, body["error"]) == (404, "session_not_here")
+    for profile in ({"tier": 1e400}, {"tier": 1.5}, {"capacity": "2"}, {"capacity": True}):
+        status, body = await client.post("site-a-n1", "/agents/zed/login", profile)
+        assert (status, body["error"]) == (400, "bad_request"), profile
+        assert "must be a whole number" in body["message"]
 
 
 @pytest.mark.slow

@@ -21,13 +21,13 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis.core.result import Err
 from schemathesis.generation import GenerationMode
 
-from node.auth import UsersFileError, users_from_toml
 from node.calls_rpc import CallsServicer
 from node.config import ConfigError, NodeConfig
 from node.exchange import AgentAction, CallInfo, ReleaseReason, Reservation, Verdict
 from node.gossip import Gossip
 from node.localcluster import LocalCluster, SitePlan
 from node.transport import PLAIN
+from node.users import UsersFileError, users_from_toml
 from protos import calls_pb2 as cpb
 from protos import calls_pb2_grpc as cpb_grpc
 from protos import registry_pb2 as rpb

@@ -1,6 +1,7 @@
 """Token revocation (node/revocations.py, node/auth.py, node/revoker.py): a token carries an id;
 POST /logout revokes it, an admin's POST /users/NAME/revoke every token of a user; revocations
-reach every node of every site (the site's etcd, pushes between sites)."""
+reach every node of every site (the site's etcd; pushes between sites over the nodes' mutual-TLS
+gRPC, node/revocation_rpc.py, whose checks tests/node/test_revocation_rpc.py covers)."""
 
 from __future__ import annotations
 
@@ -12,21 +13,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.auth import (
-    Auth,
-    AuthError,
-    Claims,
-    OutOfScope,
-    Role,
-    TokenRevoked,
-    User,
-    hash_password,
-    revocation_out_of_scope,
-)
+from node.auth import Auth
 from node.localcluster import LocalCluster, SitePlan
 from node.revocations import Kind, Revocation, Revocations
 from node.revoker import sealed, unsealed
 from node.sitekeys import SiteKeys, generate
+from node.tokens import (
+    Audience,
+    AuthError,
+    Claims,
+    OutOfScope,
+    TokenRevoked,
+    revocation_out_of_scope,
+)
+from node.users import Role, User, hash_password
 from registry.errors import InvalidRecord
 from registry.records import Trust
 from tests.node.test_cluster import Client, eventually
@@ -46,6 +46,9 @@ USERS = {
     "ann": User("ann", Role.AGENT, hash_password("pw", n=2**4), site="site-a"),
     "pia": User("pia", Role.AGENT, hash_password("pw", n=2**4), site="partner-c"),
 }
+
+
+HOUSE = Audience(inhouse=True)
 
 
 def make_auth(clock: Clock, site: str = "site-a") -> Auth:
@@ -76,7 +79,7 @@ def test_revoking_a_user_refuses_its_older_tokens_only() -> None:
     clock.now += 1
     assert auth.verify(auth.login("ann", "pw").token).user == "ann", "a new login works"
     # a token from before tokens had ids is still covered by the user's revocation
-    legacy = auth.signer.issue(Claims("ann", Role.AGENT, clock.now + 1000))
+    legacy = auth.signer.issue(Claims("ann", Role.AGENT, clock.now + 1000, audience=HOUSE))
     with pytest.raises(TokenRevoked):
         auth.verify(legacy)
     with pytest.raises(AuthError, match="no id"):

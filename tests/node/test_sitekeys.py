@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
 
-from node.auth import Auth, Claims, OutOfScope, Role, TokenSigner, User, out_of_scope
+from node.auth import Auth
 from node.cli import main
 from node.sitekeys import (
     KEY_RING,
@@ -19,6 +20,19 @@ from node.sitekeys import (
     load_private,
     ring_from_toml,
 )
+from node.tokens import (
+    TOKEN_VERSION,
+    Audience,
+    AuthError,
+    BadAudience,
+    Claims,
+    OutOfScope,
+    TokenSigner,
+    WrongAudience,
+    default_audience,
+    out_of_scope,
+)
+from node.users import Role, User
 from registry.records import Trust
 
 HASH = "scrypt$16$8$1$AAAA$AAAA"
@@ -33,7 +47,7 @@ SITES = {"site-a": Trust.INHOUSE, "site-b": Trust.INHOUSE, "partner-c": Trust.PA
 
 
 def claims(user: str, role: Role, site: str, call_id: str = "") -> Claims:
-    return Claims(user, role, 10**15, call_id, site=site)
+    return Claims(user, role, 10**15, call_id, site=site, audience=Audience(frozenset(SITES)))
 
 
 @pytest.mark.parametrize(
@@ -80,6 +94,85 @@ def test_a_node_refuses_partner_tokens_beyond_its_scope_and_takes_the_rest() -> 
     at_partner = Auth(USERS, keys["partner-c"])
     assert at_partner.verify(partner.issue(claims("sue", Role.SUPERVISOR, ""))).user == "sue"
     assert at_partner.caller_token("partner-c-n1-1-1").startswith("v2.")
+
+
+HOUSE = Audience(inhouse=True)
+
+
+@pytest.mark.parametrize(
+    ("role", "user", "issuer", "expected"),
+    [
+        # an in-house site's tokens: every in-house site; a caller's: the call's site only
+        (Role.SUPERVISOR, "sue", "site-a", HOUSE),
+        (Role.AGENT, "ann", "site-a", HOUSE),
+        (Role.AGENT, "pia", "site-b", HOUSE),
+        (Role.CALLER, "caller:c-1", "site-a", Audience(frozenset({"site-a"}))),
+        # a partner site's: its own site, and for its own agents the in-house sites too
+        (Role.AGENT, "pia", "partner-c", Audience(frozenset({"partner-c"}), inhouse=True)),
+        (Role.AGENT, "ann", "partner-c", Audience(frozenset({"partner-c"}))),
+        (Role.SUPERVISOR, "pat", "partner-c", Audience(frozenset({"partner-c"}))),
+        (Role.ADMIN, "root", "partner-c", Audience(frozenset({"partner-c"}))),
+        (Role.CALLER, "caller:c-1", "partner-c", Audience(frozenset({"partner-c"}))),
+    ],
+)
+def test_default_audience(role: Role, user: str, issuer: str, expected: Audience) -> None:
+    assert default_audience(role, USERS.get(user), issuer, SITES[issuer]) == expected
+
+
+def test_a_node_takes_the_tokens_of_its_audience_only() -> None:
+    ring, privates = generate(SITES)
+    at = {site: Auth(USERS, SiteKeys(site, privates[site], ring)) for site in SITES}
+    sue = at["site-a"].token_for("sue", Role.SUPERVISOR)
+    assert at["site-b"].verify(sue).user == "sue"
+    with pytest.raises(WrongAudience, match=r"for the in-house sites only.*site partner-c"):
+        at["partner-c"].verify(sue)
+    for_c = at["site-a"].token_for(
+        "sue", Role.SUPERVISOR, audience=Audience(frozenset({"partner-c"}))
+    )
+    assert at["partner-c"].verify(for_c).user == "sue"
+    for site in ("site-a", "site-b"):
+        with pytest.raises(WrongAudience, match="for partner-c only"):
+            at[site].verify(for_c)
+    caller = at["site-a"].caller_token("site-a-n1-1-1")
+    assert at["site-a"].verify(caller).call_id == "site-a-n1-1-1"
+    with pytest.raises(WrongAudience):
+        at["site-b"].verify(caller)
+    pia = at["partner-c"].token_for("pia", Role.AGENT)
+    assert {at[site].verify(pia).user for site in SITES} == {"pia"}
+    # a token with no audience (issued before tokens had one) counts nowhere
+    keys = SiteKeys("site-a", privates["site-a"], ring)
+    body = base64.urlsafe_b64encode(b'{"u":"sue","r":"supervisor","e":1e15,"s":"site-a"}')
+    payload = body.rstrip(b"=").decode()
+    signature = keys.sign(f"{TOKEN_VERSION}.{payload}".encode())
+    legacy = f"{TOKEN_VERSION}.{payload}.{base64.urlsafe_b64encode(signature).decode()}"
+    with pytest.raises(WrongAudience, match="names no audience"):
+        at["site-a"].verify(legacy)
+    with pytest.raises(ValueError, match="needs an audience"):
+        TokenSigner(keys).issue(Claims("sue", Role.SUPERVISOR, 10**15))
+
+
+def test_a_login_asks_for_an_audience_of_known_sites() -> None:
+    ring, privates = generate(SITES)
+    auth = Auth(USERS, SiteKeys("site-a", privates["site-a"], ring))
+    asked = auth.audience(["partner-c", "site-b"])
+    assert asked == Audience(frozenset({"partner-c", "site-b"}))
+    assert auth.audience(None) is None
+    for bad, problem in [
+        ("partner-c", "a list of 1-32 site names"),
+        ([], "a list of 1-32 site names"),
+        (["site-z", "site-y"], "site-y, site-z not in the key ring"),
+        (["site-a", 3], "a list of 1-32 site names"),
+        (["x"] * 33, "a list of 1-32"),
+    ]:
+        with pytest.raises(BadAudience, match=problem):
+            auth.audience(bad)
+    assert Audience.from_wire(Audience(frozenset({"site-b"}), True).wire()) == Audience(
+        frozenset({"site-b"}), True
+    )
+    for wire in ("@inhouse", ["bad site"], [{"a": 1}]):
+        with pytest.raises(ValueError, match="audience"):
+            Audience.from_wire(wire)
+    assert issubclass(WrongAudience, AuthError)
 
 
 def test_key_ring_file_round_trips_and_names_its_errors() -> None:
