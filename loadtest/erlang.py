@@ -10,6 +10,11 @@ in [0, 1] and never overflows. Erlang A (M/M/N+M) uses the birth-death chain's s
 distribution in log space, and the tagged caller's waiting time: with j callers ahead it moves up
 at rate N/h + j/patience, so its offered wait V is a sum of exponentials, whose distribution at
 T comes from uniformization. A caller is answered when its patience outlasts V.
+
+Both assume an exponential handle time (squared coefficient of variation Cs^2 = 1). The load
+test's agents are busy for a ring (constant) + a talk (exponential or lognormal) + a wrap-up
+(constant), which varies less; `general_prediction` corrects for that (M/G/N and M/G/N+M), see
+its docstring.
 """
 
 from __future__ import annotations
@@ -182,3 +187,96 @@ def predict(
     if patience_s is None:
         return erlang_c_prediction(rate, handle_s, agents, threshold_s)
     return erlang_a_prediction(rate, handle_s, agents, threshold_s, patience_s)
+
+
+def handle_scv(talk_variance_s2: float, handle_s: float) -> float:
+    """The squared coefficient of variation Cs^2 = Var(S) / E[S]^2 of the busy time per call S =
+    ring + talk + wrap-up: the ring and the wrap-up are constant, so only the talk varies, and
+    they lengthen the mean `handle_s`."""
+    if not (math.isfinite(handle_s) and handle_s > 0):
+        raise ValueError(f"handle_s must be a positive number of seconds, got {handle_s!r}")
+    if not (math.isfinite(talk_variance_s2) and talk_variance_s2 >= 0):
+        raise ValueError(f"talk_variance_s2 must be at least 0, got {talk_variance_s2!r}")
+    return talk_variance_s2 / handle_s**2
+
+
+def talk_variance(kind: str, mean_s: float, sigma: float = 0.0) -> float:
+    """Var of a talk time: exponential (mean^2), lognormal with the log's deviation `sigma` and
+    mean `mean_s` (mean^2 (e^{sigma^2} - 1)), constant (0)."""
+    if kind == "exponential":
+        return mean_s**2
+    if kind == "lognormal":
+        return mean_s**2 * math.expm1(sigma**2)
+    if kind == "constant":
+        return 0.0
+    raise ValueError(f"talk distribution must be exponential, lognormal or constant, got {kind!r}")
+
+
+def general_prediction(
+    rate: float,
+    handle_s: float,
+    agents: int,
+    threshold_s: float,
+    patience_s: float | None,
+    scv: float,
+) -> Prediction:
+    """Erlang C / Erlang A corrected for a handle time whose Cs^2 = Var(S)/E[S]^2 is `scv`
+    (M/G/N, M/G/N+M), Poisson arrivals. With scv = 1 it is `predict` exactly.
+
+    Erlang C (no abandonment), the Allen-Cunneen / Kingman heavy-traffic form: the probability
+    of waiting stays Erlang C's C(N, A) and the conditional wait stays exponential, its mean
+    scaled by z = (Ca^2 + Cs^2) / 2 = (1 + Cs^2) / 2:
+
+        P(W > t) ~= C(N, A) * exp(-(N - A) * t / E[S] / z),   ASA ~= z * C(N, A) E[S] / (N - A).
+
+    Sources: Kingman (1961/62) for one server; Koellerstroem, "Heavy traffic theory for queues
+    with several servers. I", J. Appl. Prob. 11 (1974): in heavy traffic the GI/G/s wait is
+    exponential with mean (Ca^2 + Cs^2)/2 * E[S]/(s - A); Allen, "Probability, Statistics and
+    Queueing Theory" (2nd ed., 1990), the Allen-Cunneen approximation Wq(M/G/c) ~= Wq(M/M/c) *
+    (1 + Cs^2)/2; Whitt, "Approximations for the GI/G/m queue", Production and Operations
+    Management 2 (1993), which uses the same z for the conditional wait. Why C(N, A) stays: in
+    a diffusion picture of the number in system (in the spirit of Whitt, "A diffusion
+    approximation for the G/GI/n/m queue", Oper. Res. 52, 2004), take below N the variance per
+    unit time of the infinite-server queue (2 lambda: its stationary law is Poisson whatever the
+    service distribution) and above N lambda (1 + Cs^2) = 2 lambda z; the stationary density
+    jumps at N by 1/z (p * sigma^2 is continuous) while the queue's exponential tail lengthens
+    by z, so the mass above N, P(wait), does not depend on z. That is a heuristic: the exact
+    many-server limits for non-exponential service (Puhalskii and Reiman 2000; Jelenkovic,
+    Mandelbaum and Momcilovic 2004 for M/D/N) do change P(wait) a little. The simulations in
+    tests/loadtest/test_erlang.py measure the error: within 1.5 points at 20 agents without
+    abandonment, 2 with (longer simulations at the load test's 300 agents and 21 calls/s, with a
+    20 s or 60 s patience: within half a point).
+
+    Erlang A (abandonment, exponential patience of rate theta = 1/patience_s): the same
+    diffusion above N has drift lambda - N mu - theta q and variance 2 lambda z. Scaling the queue
+    by z and time by z (q = z u, t = z s) turns it into the M/M/N+M diffusion with abandonment
+    rate z theta, whose mass above N it also has; a caller's wait is z times the wait in
+    that model, and it survives its own patience with the same probability (e^{-theta z V} =
+    e^{-(z theta) V}). So the M/G/N+M is read off Erlang A with mean patience patience_s / z at
+    the threshold T / z: service level SL_A'(T / z), ASA z * ASA_A', the same abandonment and
+    P(wait). With no abandonment this is the Erlang C form above. This part is our derivation
+    in the spirit of the sources (a heuristic, not a published formula), exact at z = 1. A lower
+    Cs^2 lowers the abandonment and, in a queue stable without abandonment, raises the service
+    level at any T of at least h / (N - A); at T near 0 it can lower it a little (shorter queues
+    lose fewer callers to abandonment, so slightly more of them wait).
+
+    Both are heavy-traffic approximations: best near full occupancy with many agents (the load
+    test's regime), rougher at light load, where waits are rare anyway.
+    """
+    if not (math.isfinite(scv) and scv >= 0):
+        raise ValueError(f"scv must be a squared coefficient of variation >= 0, got {scv!r}")
+    _check(rate, handle_s, agents, threshold_s)
+    z = (1.0 + scv) / 2.0
+    if patience_s is None:
+        base = erlang_c_prediction(rate, handle_s, agents, threshold_s / z)
+    else:
+        if not (math.isfinite(patience_s) and patience_s > 0):
+            raise ValueError(f"patience_s must be a positive number of seconds, got {patience_s!r}")
+        base = erlang_a_prediction(rate, handle_s, agents, threshold_s / z, patience_s / z)
+    return Prediction(
+        base.wait_probability,
+        base.service_level,
+        base.asa_s * z,
+        base.abandonment,
+        base.occupancy,
+    )

@@ -36,7 +36,9 @@ DEFINITIONS = {
     "(answer to end overlap)",
     "overlapping_offers": "pairs of one agent's legs that overlap from the offer on (a ringing "
     "offer its owner has not yet closed counts)",
-    "agent_busy_per_call_s": "agent busy time (offer to free) per answered call: the model's h",
+    "agent_busy_per_call_s": "agent busy time (offer to free) per answered call",
+    "agent_busy_per_offer_s": "agent busy time (offer to free) per offer that reached an agent, "
+    "answered or given up by its caller while it rang: the model's h",
     "peak_talking_calls": "most accepted calls in talk at once (answer to end in the nodes' "
     "records)",
     "audio_answered": "media mode: calls the load test's agents answered (POST answer 200)",

@@ -36,13 +36,23 @@ def render_text(report: dict[str, Any]) -> str:
         )
     pooled = y["pooled"] if y["compare_with"] == "pooled" else None
     predicted_sl = pooled["service_level"] if pooled else y["siloed_service_level"]
+    corrected_sl = (
+        pooled["corrected_service_level"] if pooled else y["siloed_corrected_service_level"]
+    )
     lines += [
         "",
-        f"{'measured':28} {'value':>12}   {y['model']} ({y['compare_with']})",
-        f"  {'service level':26} {_pct(m['service_level']):>12}   {_pct(predicted_sl)}"
-        f"   (Erlang C {_pct(y['pooled']['erlang_c_service_level'])} pooled)",
+        f"{'measured':28} {'value':>12}   corrected for Cs^2 {y['handle_scv']:g} "
+        f"({y['compare_with']})",
+        f"  {'service level':26} {_pct(m['service_level']):>12}   {_pct(corrected_sl)}"
+        f"   ({y['model']} {_pct(predicted_sl)}; Erlang C "
+        f"{_pct(y['pooled']['erlang_c_service_level'])} pooled)",
         f"  {'ASA':26} {_num(m['asa_s'], ' s'):>12}   "
-        + (_num(pooled["asa_s"], " s") if pooled else "-"),
+        + (
+            f"{_num(pooled['corrected_asa_s'], ' s')}   "
+            f"({y['model']} {_num(pooled['asa_s'], ' s')})"
+            if pooled
+            else "-"
+        ),
         f"  {'AHT':26} {_num(m['aht_s'], ' s'):>12}",
         f"  {'abandonment':26} {_pct(m['abandonment']):>12}   "
         + (_pct(pooled["abandonment"]) if pooled else "-"),
@@ -55,16 +65,21 @@ def render_text(report: dict[str, Any]) -> str:
         f"model inputs: rate = {y.get('rate_per_s', 0):g}/s (planned "
         f"{y.get('planned_rate_per_s', 0):g}/s), "
         f"h = {y['handle_s']:g} s (planned {y['planned_handle_s']:g} s), "
-        f"T' = {y['threshold_s']:g} s, patience {y['patience_s'] or 'none'}; {y['note']}",
-        f"pooled prediction: SL {_pct(y['pooled']['service_level'])}; siloed prediction: SL "
-        f"{_pct(y['siloed_service_level'])} ("
-        + ", ".join(f"{k} {_pct(v['service_level'])}" for k, v in y["siloed"].items())
+        f"T' = {y['threshold_s']:g} s, patience {y['patience_s'] or 'none'}, busy time Cs^2 "
+        f"{y['handle_scv']:g} (measured {_num(y['measured_handle_scv'], '', 3)}); {y['note']}",
+        f"pooled prediction: SL {_pct(y['pooled']['corrected_service_level'])} corrected, "
+        f"{_pct(y['pooled']['service_level'])} {y['model']}; siloed prediction: SL "
+        f"{_pct(y['siloed_corrected_service_level'])} corrected, "
+        f"{_pct(y['siloed_service_level'])} {y['model']} ("
+        + ", ".join(f"{k} {_pct(v['corrected_service_level'])}" for k, v in y["siloed"].items())
         + ")",
         "",
-        "service level against T (measured; predicted pooled, pooled by Erlang C, siloed):",
+        f"service level against T (measured; pooled: corrected, {y['model']}, Erlang C; "
+        "siloed: corrected, " + f"{y['model']}):",
         *(
-            f"  T = {c['t_s']:4g} s   {_pct(c['measured']):>8}   {_pct(c['pooled']):>8}   "
-            f"{_pct(c['pooled_erlang_c']):>8}   {_pct(c['siloed']):>8}"
+            f"  T = {c['t_s']:4g} s   {_pct(c['measured']):>8}   {_pct(c['pooled_corrected']):>8}"
+            f"   {_pct(c['pooled']):>8}   {_pct(c['pooled_erlang_c']):>8}   "
+            f"{_pct(c['siloed_corrected']):>8}   {_pct(c['siloed']):>8}"
             for c in y["curve"]
         ),
         "",

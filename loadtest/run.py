@@ -391,7 +391,11 @@ def build_report(
     sites = [s.name for s in scenario.sites]
     agents_at = {s: sum(1 for a in traffic.agents if a.site == s) for s in sites}
     answered_all = sum(1 for r in rows.values() if r.answered_ms)
-    busy_per_call = sum(b.end_s - b.start_s for b in busy) / answered_all if answered_all else None
+    busy_total = sum(b.end_s - b.start_s for b in busy)
+    busy_per_call = busy_total / answered_all if answered_all else None
+    # the model's h: an agent is held per offer that reached it, answered or given up by the
+    # caller while it rang (a caller whose patience ends in the ring holds the agent that long)
+    busy_per_offer = busy_total / len(busy) if busy else None
     o2a = kpi.offer_to_answer_ms(leg for leg in legs if leg.call_id in rows)
     a2o = kpi.arrival_to_offer_ms(measured, legs)
     spans = [(b.agent_id, b.start_s, b.end_s) for b in busy]
@@ -467,6 +471,7 @@ def build_report(
         "calls_refused": sum(1 for t in traffic.calls if t.refused),
         "callers_gave_up": sum(1 for t in tracks if t.gave_up),
         "agent_busy_per_call_s": _round(busy_per_call),
+        "agent_busy_per_offer_s": _round(busy_per_offer),
         "peak_talking_calls": peak,
         "audio": audio,
         "client_errors": len(traffic.errors),
@@ -475,7 +480,15 @@ def build_report(
     # the rates the Poisson draw gave in the window, not the planned ones
     entries = Counter(site_of_node.get(r.owner_node, "") for r in measured)
     arrived = {site: entries[site] / (window[1] - window[0]) for site in sites}
-    yardstick = _yardstick(scenario, options, agents_at, busy_per_call, o2a_mean, measured, arrived)
+    answered_busy = [b.end_s - b.start_s for b in busy if b.answered]
+    measured_scv = (
+        statistics.pvariance(answered_busy) / statistics.fmean(answered_busy) ** 2
+        if len(answered_busy) > 1
+        else None
+    )
+    yardstick = _yardstick(
+        scenario, options, agents_at, busy_per_offer, o2a_mean, measured, arrived, measured_scv
+    )
     return {
         "scenario": {
             "name": scenario.name,
@@ -556,17 +569,23 @@ def _yardstick(
     scenario: Scenario,
     options: Options,
     agents_at: dict[str, int],
-    busy_per_call: float | None,
+    busy_per_offer: float | None,
     offer_to_answer_s: float,
     measured: list[kpi.CallRow],
     arrived: dict[str, float] | None = None,
+    measured_scv: float | None = None,
 ) -> dict[str, Any]:
     """Erlang predictions for the pooled agents and for each site alone (siloed), and the
     service level against T, measured and predicted. `arrived`: the arrival rate per site in
     the measured window; the model takes it over the planned rate (near full occupancy a 2 %
-    busier draw moves the predicted service level at short T by 10 points)."""
+    busier draw moves the predicted service level at short T by 10 points). Beside plain Erlang
+    A/C, the prediction corrected for the busy time's variability (erlang.general_prediction),
+    with Cs^2 from the scenario's talk distribution over the busy time h (ring and wrap-up are
+    constant); `measured_scv`, the busy time's Cs^2 as the agents saw it, is shown beside."""
     planned_h = scenario.ring_delay_s + scenario.handle.mean_s + scenario.wrap_up_s
-    h = busy_per_call if busy_per_call else planned_h
+    h = busy_per_offer if busy_per_offer else planned_h
+    talk = scenario.handle
+    scv = erlang.handle_scv(erlang.talk_variance(talk.kind, talk.mean_s, talk.sigma), h)
     patience = None if scenario.patience.kind == "none" else scenario.patience.mean_s
     total_agents = sum(agents_at.values())
 
@@ -577,6 +596,7 @@ def _yardstick(
     def figures(rate: float, agents: int, t: float) -> dict[str, Any]:
         a = erlang.predict(rate, h, agents, shifted(t), patience)
         c = erlang.erlang_c_prediction(rate, h, agents, shifted(t))
+        g = erlang.general_prediction(rate, h, agents, shifted(t), patience, scv)
         finite = math.isfinite(a.asa_s)
         return {
             "rate_per_s": round(rate, 3),
@@ -586,6 +606,10 @@ def _yardstick(
             "abandonment": round(a.abandonment, 4),
             "occupancy": round(a.occupancy, 4),
             "erlang_c_service_level": round(c.service_level, 4),
+            "corrected_service_level": round(g.service_level, 4),
+            "corrected_asa_s": (
+                round(g.asa_s + offer_to_answer_s, 3) if math.isfinite(g.asa_s) else None
+            ),
         }
 
     planned = dict.fromkeys(agents_at, 0.0)
@@ -604,7 +628,13 @@ def _yardstick(
             if agents_at[s] > 0 and rates[s] > 0
         }
         alone = sum(silos[s]["service_level"] * rates[s] for s in silos) / total_rate
-        return {"pooled": pooled, "siloed": silos, "siloed_service_level": round(alone, 4)}
+        fixed = sum(silos[s]["corrected_service_level"] * rates[s] for s in silos) / total_rate
+        return {
+            "pooled": pooled,
+            "siloed": silos,
+            "siloed_service_level": round(alone, 4),
+            "siloed_corrected_service_level": round(fixed, 4),
+        }
 
     main = predicted(scenario.service_level_s)
     curve = []
@@ -615,8 +645,10 @@ def _yardstick(
                 "t_s": t,
                 "measured": _round(kpi.call_figures(measured, t).service_level, 4),
                 "pooled": p["pooled"]["service_level"],
+                "pooled_corrected": p["pooled"]["corrected_service_level"],
                 "pooled_erlang_c": p["pooled"]["erlang_c_service_level"],
                 "siloed": p["siloed_service_level"],
+                "siloed_corrected": p["siloed_corrected_service_level"],
             }
         )
     return {
@@ -625,6 +657,8 @@ def _yardstick(
         "planned_rate_per_s": round(sum(planned.values()), 3),
         "handle_s": round(h, 3),
         "planned_handle_s": round(planned_h, 3),
+        "handle_scv": round(scv, 3),
+        "measured_handle_scv": _round(measured_scv),
         "threshold_s": round(shifted(scenario.service_level_s), 3),
         "offer_to_answer_s": round(offer_to_answer_s, 3),
         "patience_s": patience,
@@ -634,10 +668,14 @@ def _yardstick(
         "note": (
             "the rate is the arrival rate measured in the window (the Poisson draw, not the "
             "planned rate); "
-            "h is the measured agent busy time per answered call (offer to free after wrap-up); "
+            "h is the measured agent busy time per offer that reached an agent (offer to free "
+            "after wrap-up; an offer whose caller gave up while it rang holds the agent only "
+            "that long, so h is not the busy time per answered call); "
             "T is shortened by the measured offer-to-answer time and that time is added to the "
             "model's ASA, since the model's wait ends when an agent is taken and the caller's "
-            "ends at the answer"
+            "ends at the answer; corrected: the M/G/N(+M) form of the model for a busy time "
+            "with squared coefficient of variation Cs^2 (handle_scv): waits scaled by "
+            "(1 + Cs^2) / 2, P(wait) kept (loadtest/erlang.py, general_prediction)"
         ),
     }
 

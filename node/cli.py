@@ -18,7 +18,7 @@ BENCHMARKS: dict[str, list[tuple[str, str]]] = {
     "routing": [("loadtest.bench_routing", "decision"), ("loadtest.bench_exchange", "exchange")],
     "media": [("loadtest.bench_media", "run")],
     "sip": [("loadtest.bench_sip", "run")],
-    "cluster": [("loadtest.bench_cluster", "run")],  # the three-site load test, ~9 min
+    "cluster": [("loadtest.bench_cluster", "run")],  # three sites, pooled and siloed, ~12 min
 }
 QUICK: dict[str, dict[str, object]] = {
     # --quick: a short form for the tests; its figures are not comparable with the targets

@@ -76,13 +76,26 @@ def _report(level: float, lost: int = 0) -> dict[str, object]:
             "lost_calls": lost,
             "double_bookings": 0,
         },
-        "yardstick": {"pooled": {"service_level": 0.99}},
+        "yardstick": {
+            "pooled": {"service_level": 0.95, "corrected_service_level": 0.99},
+            "curve": [
+                {"t_s": 1.0, "measured": 0.9, "pooled": 0.8, "pooled_corrected": 0.88},
+                {"t_s": 2.0, "measured": 0.97, "pooled": 0.9, "pooled_corrected": 0.99},
+                {"t_s": 3.0, "measured": None, "pooled": 0.1, "pooled_corrected": 0.1},
+            ],
+        },
     }
 
 
 def test_cluster_figures() -> None:
     found = figures(_report(0.97), _report(0.6, lost=1))
+    # "within 3 points" is measured against the corrected prediction; plain Erlang beside it
+    assert found["cluster_predicted_service_level_pct"] == 99.0
     assert found["cluster_sl_error_pts"] == 2.0
+    assert found["cluster_sl_error_pts_max"] == 2.0
+    assert found["cluster_predicted_plain_service_level_pct"] == 95.0
+    assert found["cluster_sl_error_plain_pts"] == 2.0
+    assert found["cluster_sl_error_plain_pts_max"] == 10.0
     assert found["cluster_pooling_gain_pts"] == 37.0
     assert found["cluster_lost_calls"] == 1
     assert "cluster_pooling_gain_pts" not in figures(_report(0.97), None)

@@ -53,6 +53,13 @@ async def test_smoke_scenario(tmp_path: Path) -> None:
     assert system["calls_refused"] == 0
     yardstick = report["yardstick"]
     assert yardstick["model"] == "Erlang A"
+    # beside plain Erlang A, the prediction corrected for the busy time's variability (Cs^2 < 1:
+    # the ring and the wrap-up are constant), never below plain at the scenario's T
+    assert 0 < yardstick["handle_scv"] < 1
+    pooled = yardstick["pooled"]
+    assert pooled["corrected_service_level"] >= pooled["service_level"] - 1e-4
+    assert {"pooled_corrected", "siloed_corrected"} <= set(yardstick["curve"][0])
+    assert "corrected for Cs^2" in (tmp_path / "report.txt").read_text()
     assert set(yardstick["siloed"]) == {"site-a", "partner-c"}
     assert set(report["per_site"]) == {"site-a", "partner-c"}
 
