@@ -18,7 +18,16 @@ from typing import Any
 
 from node.etcd import Etcd
 from node.events import EventHub
-from node.exchange import AgentAction, CallInfo, Link, ReleaseReason, Reservation, Verdict
+from node.exchange import (
+    WATCHDOG_MISSES,
+    WATCHDOG_S,
+    AgentAction,
+    CallInfo,
+    Link,
+    ReleaseReason,
+    Reservation,
+    Verdict,
+)
 from node.queues import QueueConfig
 from node.reservationlog import ReservationLog
 from node.routing import pick_queue
@@ -30,10 +39,6 @@ from registry.registry import Registry
 
 log = logging.getLogger(__name__)
 
-WATCHDOG_S = 2.0
-"""How often the home node asks each answered call's owner whether the call is still live."""
-WATCHDOG_MISSES = 3
-"""An owner unreachable this many checks in a row is taken as dead: its calls' agents are freed."""
 EXPIRY_MARGIN_S = 2.0
 """A reservation the owner neither confirms nor releases lapses this long after its ring timeout."""
 SLOT_RETRY_S = 0.2
@@ -439,6 +444,23 @@ class AgentDesk:
             return
         if record.state is AgentState.WRAP_UP and record.active_calls == 0:
             await self.finish_wrap_up(agent_id)
+
+    async def holds(self, call_id: str, agent_id: str, epoch: int) -> Verdict:
+        """Whether this node still holds the agent on the call at `epoch`: its session is alive
+        here at that epoch and the call's offer (answered, or being answered) is still here. The
+        owner's watchdog asks it of every call in talk (Switchboard.watch_homes)."""
+        try:
+            record = self._sessions.held_record(agent_id)
+        except Fenced as error:  # the lease may yet be renewed: no answer either way
+            raise ConnectionError(f"cannot tell: {error}") from None
+        except SessionError:
+            return Verdict(False, "no_session")
+        if record.epoch != epoch:
+            return Verdict(False, "epoch_changed")
+        offer = self.offers.get(agent_id, {}).get(call_id)
+        if offer is None or offer.epoch != epoch:
+            return Verdict(False, "call_not_held")
+        return Verdict(True)
 
     # -- the watchdog: calls whose owner died ------------------------------------------------
 

@@ -207,6 +207,23 @@ class CallsServicer(pb_grpc.CallsServicer):
         )
         return pb.AgentEventReply(accepted=verdict.accepted, reason=verdict.reason)
 
+    async def Holds(
+        self, request: pb.HoldsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.HoldsReply:
+        desk = await self._need_desk(context)
+        if not (_is_id(request.call_id) and _is_id(request.agent_id)):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad call or agent id")
+        if self._rules is not None:
+            owner = self._rules.offer_owner(request.call_id, request.agent_id)
+            peer = self._peer(context)
+            await self._refuse(context, peerpolicy.may_ask_holds(peer, owner, self._rules.view))
+        try:
+            verdict = await desk.holds(request.call_id, request.agent_id, request.epoch)
+        except ConnectionError as error:  # this node cannot tell now (its lease is in doubt)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+            raise
+        return pb.HoldsReply(held=verdict.accepted, reason=verdict.reason)
+
     async def Pull(
         self, request: pb.PullRequest, context: grpc.aio.ServicerContext
     ) -> pb.PullReply:
@@ -263,6 +280,20 @@ class _RemoteDesk:
         except grpc.aio.AioRpcError as error:
             raise ConnectionError(f"{error.code().name}: {error.details()}") from None
 
+    async def holds(self, call_id: str, agent_id: str, epoch: int) -> Verdict:
+        try:
+            reply = await self._stub.Holds(
+                pb.HoldsRequest(call_id=call_id, agent_id=agent_id, epoch=epoch),
+                timeout=self._timeout_s,
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() is grpc.StatusCode.UNIMPLEMENTED:
+                # a home of a release before Holds (a rolling upgrade) answers, so it is alive;
+                # its own watchdog still frees the agent when this owner lets the call go
+                return Verdict(True, "the home cannot tell: it predates Holds")
+            raise ConnectionError(f"{error.code().name}: {error.details()}") from None
+        return Verdict(reply.held, reply.reason)
+
 
 class _RemoteOwner:
     def __init__(self, stub: pb_grpc.CallsStub, timeout_s: float) -> None:
@@ -318,6 +349,9 @@ class _Unreachable:
         raise ConnectionError(f"no address known for node {self._node_id}")
 
     async def release(self, call_id: str, agent_id: str, reason: ReleaseReason) -> None:
+        raise ConnectionError(f"no address known for node {self._node_id}")
+
+    async def holds(self, call_id: str, agent_id: str, epoch: int) -> Verdict:
         raise ConnectionError(f"no address known for node {self._node_id}")
 
     async def report(

@@ -9,6 +9,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+WATCHDOG_S = 2.0
+"""How often each side of a cross-node call in talk asks the other whether it still holds it: the
+home asks the owner (Report CHECK), the owner asks the home (Holds)."""
+WATCHDOG_MISSES = 3
+"""A side unreachable this many checks in a row is taken as gone: the home frees the agent, the
+owner closes the call as failed, so both give up together."""
+
 
 @dataclass(frozen=True, slots=True)
 class CallInfo:
@@ -62,6 +69,12 @@ class Desk(Protocol):
     ) -> Reservation: ...
 
     async def release(self, call_id: str, agent_id: str, reason: ReleaseReason) -> None: ...
+
+    async def holds(self, call_id: str, agent_id: str, epoch: int) -> Verdict:
+        """Whether the home still holds the agent on the call at session `epoch` (accepted),
+        or why not: no_session, epoch_changed, call_not_held. ConnectionError when the home
+        cannot be reached or cannot tell now (its etcd lease is in doubt)."""
+        ...
 
 
 class Owner(Protocol):

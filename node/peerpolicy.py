@@ -9,6 +9,8 @@ In-house peers are trusted with everything the protocol allows. A partner site's
   ("PARTNER=SITE"), and only for calls its site's nodes own;
 - report what an agent did, or ask for a waiting call for an agent, only for agents homed at its
   site;
+- ask whether an agent here still holds a call (Holds, the owner's watchdog) only for calls its
+  site's nodes own;
 - open or close a node-to-node media leg to an agent only for a call its site's nodes own and
   that agent is offered here (the Media service, node/media_rpc.py), and have its RTP sent only
   to itself: the host its connection comes from, or the host of its certificate's node's
@@ -143,6 +145,18 @@ def may_release(peer: Identity | None, call_owner: str, view: RegistryView) -> s
     assert peer is not None
     if _site_of(view, call_owner) != peer.site:
         return f"site {peer.site} may release agents only from its own nodes' calls"
+    return None
+
+
+def may_ask_holds(peer: Identity | None, call_owner: str | None, view: RegistryView) -> str | None:
+    """None when the peer may ask whether an agent here is still held on a call whose offer names
+    `call_owner` as its owner (None: no such offer here, and the answer, not held, tells no more
+    than the registry shows of the agent's session); else why not."""
+    if _trusted(peer) or call_owner is None:
+        return None
+    assert peer is not None
+    if _site_of(view, call_owner) != peer.site:
+        return f"site {peer.site} may ask about agents only on its own nodes' calls"
     return None
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/calls.proto\x12\x11\x63\x61llmesh.calls.v1\"\xdf\x01\n\x08\x43\x61llInfo\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x12\n\nowner_node\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x04 \x01(\t\x12\x12\n\narrived_ms\x18\x05 \x01(\x04\x12\r\n\x05notes\x18\x06 \x01(\t\x12;\n\x08\x63ustomer\x18\x07 \x03(\x0b\x32).callmesh.calls.v1.CallInfo.CustomerEntry\x1a/\n\rCustomerEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"z\n\x0eReserveRequest\x12)\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x1b.callmesh.calls.v1.CallInfo\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x17\n\x0fring_timeout_ms\x18\x03 \x01(\r\x12\x12\n\nwrap_up_ms\x18\x04 \x01(\r\"?\n\x0cReserveReply\x12\x10\n\x08reserved\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\"e\n\x0eReleaseRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x30\n\x06reason\x18\x03 \x01(\x0e\x32 .callmesh.calls.v1.ReleaseReason\"\x8c\x01\n\nAgentEvent\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12.\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1e.callmesh.calls.v1.AgentAction\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\x12\r\n\x05queue\x18\x05 \x01(\t\x12\r\n\x05notes\x18\x06 \x01(\t\"3\n\x0f\x41gentEventReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"A\n\x0bPullRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x11\n\thome_node\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\t\"\x1c\n\tPullReply\x12\x0f\n\x07offered\x18\x01 \x01(\x08\"\x07\n\x05\x45mpty\"F\n\x10MediaOpenRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"!\n\x0eMediaOpenReply\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"6\n\x11MediaCloseRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t*\x82\x01\n\rReleaseReason\x12\x1e\n\x1aRELEASE_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18RELEASE_REASON_CANCELLED\x10\x01\x12\x19\n\x15RELEASE_REASON_MISSED\x10\x02\x12\x18\n\x14RELEASE_REASON_ENDED\x10\x03*\x95\x02\n\x0b\x41gentAction\x12\x1c\n\x18\x41GENT_ACTION_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41GENT_ACTION_ANSWER\x10\x01\x12\x17\n\x13\x41GENT_ACTION_REJECT\x10\x02\x12\x17\n\x13\x41GENT_ACTION_HANGUP\x10\x03\x12\x16\n\x12\x41GENT_ACTION_CHECK\x10\x04\x12\x19\n\x15\x41GENT_ACTION_ESCALATE\x10\x05\x12\x18\n\x14\x41GENT_ACTION_CONSULT\x10\x06\x12\x19\n\x15\x41GENT_ACTION_HANDOVER\x10\x07\x12\x17\n\x13\x41GENT_ACTION_DIGITS\x10\x08\x12\x1c\n\x18\x41GENT_ACTION_DISPOSITION\x10\t2\xb1\x02\n\x05\x43\x61lls\x12M\n\x07Reserve\x12!.callmesh.calls.v1.ReserveRequest\x1a\x1f.callmesh.calls.v1.ReserveReply\x12\x46\n\x07Release\x12!.callmesh.calls.v1.ReleaseRequest\x1a\x18.callmesh.calls.v1.Empty\x12K\n\x06Report\x12\x1d.callmesh.calls.v1.AgentEvent\x1a\".callmesh.calls.v1.AgentEventReply\x12\x44\n\x04Pull\x12\x1e.callmesh.calls.v1.PullRequest\x1a\x1c.callmesh.calls.v1.PullReply2\xa0\x01\n\x05Media\x12N\n\x04Open\x12#.callmesh.calls.v1.MediaOpenRequest\x1a!.callmesh.calls.v1.MediaOpenReply\x12G\n\x05\x43lose\x12$.callmesh.calls.v1.MediaCloseRequest\x1a\x18.callmesh.calls.v1.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/calls.proto\x12\x11\x63\x61llmesh.calls.v1\"\xdf\x01\n\x08\x43\x61llInfo\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x12\n\nowner_node\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x04 \x01(\t\x12\x12\n\narrived_ms\x18\x05 \x01(\x04\x12\r\n\x05notes\x18\x06 \x01(\t\x12;\n\x08\x63ustomer\x18\x07 \x03(\x0b\x32).callmesh.calls.v1.CallInfo.CustomerEntry\x1a/\n\rCustomerEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"z\n\x0eReserveRequest\x12)\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x1b.callmesh.calls.v1.CallInfo\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x17\n\x0fring_timeout_ms\x18\x03 \x01(\r\x12\x12\n\nwrap_up_ms\x18\x04 \x01(\r\"?\n\x0cReserveReply\x12\x10\n\x08reserved\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\"e\n\x0eReleaseRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x30\n\x06reason\x18\x03 \x01(\x0e\x32 .callmesh.calls.v1.ReleaseReason\"\x8c\x01\n\nAgentEvent\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12.\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1e.callmesh.calls.v1.AgentAction\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\x12\r\n\x05queue\x18\x05 \x01(\t\x12\r\n\x05notes\x18\x06 \x01(\t\"3\n\x0f\x41gentEventReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"A\n\x0bPullRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x11\n\thome_node\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\t\"\x1c\n\tPullReply\x12\x0f\n\x07offered\x18\x01 \x01(\x08\"@\n\x0cHoldsRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\"*\n\nHoldsReply\x12\x0c\n\x04held\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x07\n\x05\x45mpty\"F\n\x10MediaOpenRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"!\n\x0eMediaOpenReply\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"6\n\x11MediaCloseRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t*\x82\x01\n\rReleaseReason\x12\x1e\n\x1aRELEASE_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18RELEASE_REASON_CANCELLED\x10\x01\x12\x19\n\x15RELEASE_REASON_MISSED\x10\x02\x12\x18\n\x14RELEASE_REASON_ENDED\x10\x03*\x95\x02\n\x0b\x41gentAction\x12\x1c\n\x18\x41GENT_ACTION_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41GENT_ACTION_ANSWER\x10\x01\x12\x17\n\x13\x41GENT_ACTION_REJECT\x10\x02\x12\x17\n\x13\x41GENT_ACTION_HANGUP\x10\x03\x12\x16\n\x12\x41GENT_ACTION_CHECK\x10\x04\x12\x19\n\x15\x41GENT_ACTION_ESCALATE\x10\x05\x12\x18\n\x14\x41GENT_ACTION_CONSULT\x10\x06\x12\x19\n\x15\x41GENT_ACTION_HANDOVER\x10\x07\x12\x17\n\x13\x41GENT_ACTION_DIGITS\x10\x08\x12\x1c\n\x18\x41GENT_ACTION_DISPOSITION\x10\t2\xfa\x02\n\x05\x43\x61lls\x12M\n\x07Reserve\x12!.callmesh.calls.v1.ReserveRequest\x1a\x1f.callmesh.calls.v1.ReserveReply\x12\x46\n\x07Release\x12!.callmesh.calls.v1.ReleaseRequest\x1a\x18.callmesh.calls.v1.Empty\x12K\n\x06Report\x12\x1d.callmesh.calls.v1.AgentEvent\x1a\".callmesh.calls.v1.AgentEventReply\x12\x44\n\x04Pull\x12\x1e.callmesh.calls.v1.PullRequest\x1a\x1c.callmesh.calls.v1.PullReply\x12G\n\x05Holds\x12\x1f.callmesh.calls.v1.HoldsRequest\x1a\x1d.callmesh.calls.v1.HoldsReply2\xa0\x01\n\x05Media\x12N\n\x04Open\x12#.callmesh.calls.v1.MediaOpenRequest\x1a!.callmesh.calls.v1.MediaOpenReply\x12G\n\x05\x43lose\x12$.callmesh.calls.v1.MediaCloseRequest\x1a\x18.callmesh.calls.v1.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CALLINFO_CUSTOMERENTRY']._loaded_options = None
   _globals['_CALLINFO_CUSTOMERENTRY']._serialized_options = b'8\001'
-  _globals['_RELEASEREASON']._serialized_start=1025
-  _globals['_RELEASEREASON']._serialized_end=1155
-  _globals['_AGENTACTION']._serialized_start=1158
-  _globals['_AGENTACTION']._serialized_end=1435
+  _globals['_RELEASEREASON']._serialized_start=1135
+  _globals['_RELEASEREASON']._serialized_end=1265
+  _globals['_AGENTACTION']._serialized_start=1268
+  _globals['_AGENTACTION']._serialized_end=1545
   _globals['_CALLINFO']._serialized_start=42
   _globals['_CALLINFO']._serialized_end=265
   _globals['_CALLINFO_CUSTOMERENTRY']._serialized_start=218
@@ -55,16 +55,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PULLREQUEST']._serialized_end=820
   _globals['_PULLREPLY']._serialized_start=822
   _globals['_PULLREPLY']._serialized_end=850
-  _globals['_EMPTY']._serialized_start=852
-  _globals['_EMPTY']._serialized_end=859
-  _globals['_MEDIAOPENREQUEST']._serialized_start=861
-  _globals['_MEDIAOPENREQUEST']._serialized_end=931
-  _globals['_MEDIAOPENREPLY']._serialized_start=933
-  _globals['_MEDIAOPENREPLY']._serialized_end=966
-  _globals['_MEDIACLOSEREQUEST']._serialized_start=968
-  _globals['_MEDIACLOSEREQUEST']._serialized_end=1022
-  _globals['_CALLS']._serialized_start=1438
-  _globals['_CALLS']._serialized_end=1743
-  _globals['_MEDIA']._serialized_start=1746
-  _globals['_MEDIA']._serialized_end=1906
+  _globals['_HOLDSREQUEST']._serialized_start=852
+  _globals['_HOLDSREQUEST']._serialized_end=916
+  _globals['_HOLDSREPLY']._serialized_start=918
+  _globals['_HOLDSREPLY']._serialized_end=960
+  _globals['_EMPTY']._serialized_start=962
+  _globals['_EMPTY']._serialized_end=969
+  _globals['_MEDIAOPENREQUEST']._serialized_start=971
+  _globals['_MEDIAOPENREQUEST']._serialized_end=1041
+  _globals['_MEDIAOPENREPLY']._serialized_start=1043
+  _globals['_MEDIAOPENREPLY']._serialized_end=1076
+  _globals['_MEDIACLOSEREQUEST']._serialized_start=1078
+  _globals['_MEDIACLOSEREQUEST']._serialized_end=1132
+  _globals['_CALLS']._serialized_start=1548
+  _globals['_CALLS']._serialized_end=1926
+  _globals['_MEDIA']._serialized_start=1929
+  _globals['_MEDIA']._serialized_end=2089
 # @@protoc_insertion_point(module_scope)

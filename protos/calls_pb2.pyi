@@ -347,6 +347,58 @@ class PullReply(_message.Message):
 Global___PullReply: _TypeAlias = PullReply  # noqa: Y015
 
 @_typing.final
+class HoldsRequest(_message.Message):
+    """Owner -> home: does the home still hold `agent_id` on the call at session `epoch`? The owner's
+    watchdog over a talking call's agent, the mirror of the home's Report(CHECK).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    call_id: _builtins.str
+    agent_id: _builtins.str
+    epoch: _builtins.int
+    def __init__(
+        self,
+        *,
+        call_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "call_id", b"call_id", "epoch", b"epoch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HoldsRequest: _TypeAlias = HoldsRequest  # noqa: Y015
+
+@_typing.final
+class HoldsReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HELD_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    held: _builtins.bool
+    reason: _builtins.str
+    """why not: no_session, epoch_changed, call_not_held"""
+    def __init__(
+        self,
+        *,
+        held: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["held", b"held", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HoldsReply: _TypeAlias = HoldsReply  # noqa: Y015
+
+@_typing.final
 class Empty(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -54,6 +54,11 @@ class CallsStub:
                 request_serializer=protos_dot_calls__pb2.PullRequest.SerializeToString,
                 response_deserializer=protos_dot_calls__pb2.PullReply.FromString,
                 _registered_method=True)
+        self.Holds = channel.unary_unary(
+                '/callmesh.calls.v1.Calls/Holds',
+                request_serializer=protos_dot_calls__pb2.HoldsRequest.SerializeToString,
+                response_deserializer=protos_dot_calls__pb2.HoldsReply.FromString,
+                _registered_method=True)
 
 
 class CallsServicer:
@@ -83,6 +88,12 @@ class CallsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Holds(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CallsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +116,11 @@ def add_CallsServicer_to_server(servicer, server):
                     servicer.Pull,
                     request_deserializer=protos_dot_calls__pb2.PullRequest.FromString,
                     response_serializer=protos_dot_calls__pb2.PullReply.SerializeToString,
+            ),
+            'Holds': grpc.unary_unary_rpc_method_handler(
+                    servicer.Holds,
+                    request_deserializer=protos_dot_calls__pb2.HoldsRequest.FromString,
+                    response_serializer=protos_dot_calls__pb2.HoldsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +231,33 @@ class Calls:
             '/callmesh.calls.v1.Calls/Pull',
             protos_dot_calls__pb2.PullRequest.SerializeToString,
             protos_dot_calls__pb2.PullReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Holds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callmesh.calls.v1.Calls/Holds',
+            protos_dot_calls__pb2.HoldsRequest.SerializeToString,
+            protos_dot_calls__pb2.HoldsReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,7 @@ class CallsStub:
     Release: _grpc.UnaryUnaryMultiCallable[_calls_pb2.ReleaseRequest, _calls_pb2.Empty]
     Report: _grpc.UnaryUnaryMultiCallable[_calls_pb2.AgentEvent, _calls_pb2.AgentEventReply]
     Pull: _grpc.UnaryUnaryMultiCallable[_calls_pb2.PullRequest, _calls_pb2.PullReply]
+    Holds: _grpc.UnaryUnaryMultiCallable[_calls_pb2.HoldsRequest, _calls_pb2.HoldsReply]
 
 @_typing.type_check_only
 class CallsAsyncStub(CallsStub):
@@ -47,6 +48,7 @@ class CallsAsyncStub(CallsStub):
     Release: _aio.UnaryUnaryMultiCallable[_calls_pb2.ReleaseRequest, _calls_pb2.Empty]  # type: ignore[assignment]
     Report: _aio.UnaryUnaryMultiCallable[_calls_pb2.AgentEvent, _calls_pb2.AgentEventReply]  # type: ignore[assignment]
     Pull: _aio.UnaryUnaryMultiCallable[_calls_pb2.PullRequest, _calls_pb2.PullReply]  # type: ignore[assignment]
+    Holds: _aio.UnaryUnaryMultiCallable[_calls_pb2.HoldsRequest, _calls_pb2.HoldsReply]  # type: ignore[assignment]
 
 class CallsServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -76,6 +78,13 @@ class CallsServicer(metaclass=_abc_1.ABCMeta):
         request: _calls_pb2.PullRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_calls_pb2.PullReply, _abc.Awaitable[_calls_pb2.PullReply]]: ...
+
+    @_abc_1.abstractmethod
+    def Holds(
+        self,
+        request: _calls_pb2.HoldsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_calls_pb2.HoldsReply, _abc.Awaitable[_calls_pb2.HoldsReply]]: ...
 
 def add_CallsServicer_to_server(servicer: CallsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

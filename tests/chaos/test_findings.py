@@ -52,6 +52,42 @@ async def test_a_talking_call_whose_agent_logged_in_elsewhere_is_closed_as_faile
     await switchboard.close()
 
 
+async def test_a_talking_call_whose_agents_home_died_is_closed_though_the_registry_lags(
+    tmp_path: Path,
+) -> None:
+    """Seed 13 (issue 8): the home of partner-c-agent2 (partner-c-n1, its site's only node) was
+    killed while the agent talked on site-a-n2's call; nobody could write the agent offline, the
+    agent logged in again when the node came back and took a call of another owner while site-a,
+    cut off, still held the old one at epoch 1. The owner now asks the home itself (Holds): a
+    home unreachable WATCHDOG_MISSES times, or one that answers it no longer holds the agent at
+    that epoch, closes the call, whatever the registry shows."""
+    cases: list[tuple[list[Verdict | BaseException], str]] = [
+        ([ConnectionError("UNAVAILABLE: connection refused")] * 3, "agent's home n2 unreachable"),
+        ([Verdict(False, "epoch_changed")], "agent's home no longer holds the agent"),
+    ]
+    for case, (answers, reason) in enumerate(cases):
+        folder = tmp_path / str(case)
+        folder.mkdir()
+        desk = FakeDesk()
+        switchboard, registry = board(folder, desk)
+        free_agent(registry, "fa", "front")
+        call = await switchboard.arrive("front", "+1")
+        await settle(switchboard, 0.2)
+        assert (await switchboard.report(call.call_id, "fa", AgentAction.ANSWER, 1)).accepted
+        desk.holding["fa"] = list(answers)
+        for _ in answers:
+            await switchboard.check_homes()
+        seen = registry.agent("fa")
+        assert seen is not None
+        assert seen.epoch == 1  # the registry never learnt anything new
+        assert call.call_id not in switchboard.calls
+        row = records(folder).call(call.call_id)
+        assert row is not None
+        assert row["outcome"] == "failed"
+        assert row["reason"].startswith(reason), row
+        await switchboard.close()
+
+
 async def test_a_talking_call_whose_agent_its_home_released_is_closed_as_failed(
     tmp_path: Path,
 ) -> None:

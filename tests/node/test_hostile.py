@@ -218,6 +218,9 @@ class NoDesk:
     async def release(self, call_id: str, agent_id: str, reason: ReleaseReason) -> None:
         pass
 
+    async def holds(self, call_id: str, agent_id: str, epoch: int) -> Verdict:
+        return Verdict(False, "no_session")
+
 
 class NoOwner:
     async def report(
@@ -243,6 +246,7 @@ METHODS: dict[str, Any] = {
     "/callmesh.calls.v1.Calls/Release": cpb.Empty,
     "/callmesh.calls.v1.Calls/Report": cpb.AgentEventReply,
     "/callmesh.calls.v1.Calls/Pull": cpb.PullReply,
+    "/callmesh.calls.v1.Calls/Holds": cpb.HoldsReply,
 }
 ANSWERS = {
     grpc.StatusCode.OK,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from node.callstate import CallState
-from node.exchange import CallInfo, Desk, Owner, ReleaseReason, Reservation
+from node.exchange import CallInfo, Desk, Owner, ReleaseReason, Reservation, Verdict
 from node.reachability import Reachability
 from node.switchboard import Switchboard
 from registry.clock import HybridClock
@@ -69,6 +69,9 @@ class DeadSiteDesks:
 
             async def release(self, call_id: str, agent_id: str, reason: ReleaseReason) -> None:
                 pass
+
+            async def holds(self, call_id: str, agent_id: str, epoch: int) -> Verdict:
+                return Verdict(True)
 
         return _Desk()
 

@@ -177,6 +177,7 @@ async def test_an_in_house_node_reads_the_registry_only_from_in_house_peers(
 class FakeDesk:
     reserved: list[tuple[CallInfo, str]] = field(default_factory=list)
     released: list[tuple[str, str]] = field(default_factory=list)
+    asked: list[tuple[str, str]] = field(default_factory=list)
 
     async def reserve(
         self, call: CallInfo, agent_id: str, ring_timeout_s: float, wrap_up_s: float
@@ -186,6 +187,10 @@ class FakeDesk:
 
     async def release(self, call_id: str, agent_id: str, reason: ReleaseReason) -> None:
         self.released.append((call_id, agent_id))
+
+    async def holds(self, call_id: str, agent_id: str, epoch: int) -> Verdict:
+        self.asked.append((call_id, agent_id))
+        return Verdict(True)
 
 
 @dataclass
@@ -382,3 +387,24 @@ async def test_a_partner_releases_agents_only_from_its_own_calls(pki: dict[str, 
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
         await stub.Release(cpb.ReleaseRequest(call_id="c-partner", agent_id="ann", reason=ended))
         assert desk.released == [("c-partner", "ann")]
+
+
+async def test_a_partner_asks_whether_an_agent_holds_only_its_own_calls(
+    pki: dict[str, Tls],
+) -> None:
+    offers = {("c-house", "ann"): HOUSE, ("c-partner", "ann"): PARTNER}
+    async with (
+        calls_server(pki[HOUSE], "site-a", site_registry(HOUSE), offers=offers) as (
+            address,
+            desk,
+            _,
+        ),
+        Transport(tls=pki[PARTNER]).channel(address) as channel,
+    ):
+        stub = cpb_grpc.CallsStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Holds(cpb.HoldsRequest(call_id="c-house", agent_id="ann", epoch=1))
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        reply = await stub.Holds(cpb.HoldsRequest(call_id="c-partner", agent_id="ann", epoch=1))
+        assert reply.held
+        assert desk.asked == [("c-partner", "ann")]
