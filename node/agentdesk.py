@@ -448,7 +448,7 @@ class AgentDesk:
     async def holds(self, call_id: str, agent_id: str, epoch: int) -> Verdict:
         """Whether this node still holds the agent on the call at `epoch`: its session is alive
         here at that epoch and the call's offer (answered, or being answered) is still here. The
-        owner's watchdog asks it of every call in talk (Switchboard.watch_homes)."""
+        owner's watchdog asks it of every call in talk (node/homewatch.py)."""
         try:
             record = self._sessions.held_record(agent_id)
         except Fenced as error:  # the lease may yet be renewed: no answer either way

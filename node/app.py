@@ -314,7 +314,7 @@ class Node:
             self._tasks.spawn(self.media.run(), "media statistics")
             self._tasks.spawn(admission.meter.run(), "cpu meter")
             self._tasks.spawn(desk.watch_owners(), "owner watchdog")
-            self._tasks.spawn(board.watch_homes(), "home watchdog")
+            self._tasks.spawn(board.homes.watch(), "home watchdog")
             if self.sip is not None and self.sip.phones is not None:
                 self._tasks.spawn(book.follow(self.sip.phones), "phone book")
             if orphans:

@@ -15,22 +15,15 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Protocol
 
 from node import metrics
 from node.callstate import Call, CallEvent, CallState, Outcome, WrongState, transition
 from node.cdr import CallRecords
 from node.crm import Customer, Directory, Field, Scope, normalise_phone, visible
-from node.exchange import (
-    WATCHDOG_MISSES,
-    WATCHDOG_S,
-    AgentAction,
-    CallInfo,
-    Link,
-    ReleaseReason,
-    Verdict,
-)
+from node.exchange import AgentAction, CallInfo, Link, ReleaseReason, Verdict
+from node.homewatch import HomeWatch, Party
 from node.queues import QueueConfig
 from node.reachability import Reachability
 from node.routing import AgentIndex, eligible, rank_agents, reached_steps
@@ -60,31 +53,6 @@ class Draining(Exception):
 
 class UnknownEntry(Exception):
     code = "entry_not_found"
-
-
-@dataclass(frozen=True, slots=True)
-class Party:
-    """An agent on a call in talk, as the owner's watchdog asks the agent's home about it: the
-    call's agent, or the agent it consults."""
-
-    call_id: str
-    agent_id: str
-    node: str  # the agent's home node
-    epoch: int
-    consulted: bool = False
-
-
-def parties(call: Call) -> tuple[Party, ...]:
-    """Who is on a call in talk: its agent, and the consulted agent when there is one."""
-    if call.state is not CallState.TALKING or not call.agent_id:
-        return ()
-    own = Party(call.call_id, call.agent_id, call.agent_node, call.epoch)
-    if not call.consult_agent:
-        return (own,)
-    consulted = Party(
-        call.call_id, call.consult_agent, call.consult_node, call.consult_epoch, consulted=True
-    )
-    return (own, consulted)
 
 
 class Entries(Protocol):
@@ -147,8 +115,8 @@ class Switchboard:
         self.entries: Entries | None = None  # calls arriving at an entry point go there first
         # home nodes whose offers failed lately: their agents are skipped for a backoff
         self.reachability = Reachability()
-        # the owner's watchdog (watch_homes): checks of each agent's home in a row unanswered
-        self._home_misses: dict[Party, int] = {}
+        # the owner's watchdog: asks each agent's home whether it still holds the agent
+        self.homes = HomeWatch(self.calls, registry.node_id, link, self._lost, rpc_timeout_s)
 
     @property
     def node_id(self) -> str:
@@ -880,70 +848,6 @@ class Switchboard:
         self._apply(call, CallEvent.FAIL, reason=why)
 
     # -- the owner's watchdog: calls whose agent's home died or was cut off ---------------------
-
-    async def watch_homes(self, every_s: float = WATCHDOG_S) -> None:
-        """Ask the home node of each agent on a call in talk here, every `every_s`, whether it
-        still holds the agent on the call, until cancelled (the mirror of the home's
-        AgentDesk.watch_owners): the gossiped registry cannot tell when the home is dead or cut
-        off, and no peer of a one-node site writes its agents offline."""
-        while True:
-            await asyncio.sleep(every_s)
-            await self.check_homes()
-
-    async def check_homes(self) -> None:
-        """One round: check every agent on a call in talk homed on another node, all at once,
-        each bounded by the rpc timeout (so one check per call is under way at a time); forget
-        the misses of calls no longer in talk."""
-        live = [party for call in list(self.calls.values()) for party in parties(call)]
-        for party in set(self._home_misses) - set(live):
-            del self._home_misses[party]
-        remote = [party for party in live if party.node != self.node_id]
-        results = await asyncio.gather(
-            *(self._check_home(party) for party in remote), return_exceptions=True
-        )
-        for party, result in zip(remote, results, strict=True):
-            if isinstance(result, Exception):  # a fault here must not stop the other checks
-                log.error("call %s: home check failed: %r", party.call_id, result)
-
-    async def _check_home(self, party: Party) -> None:
-        """One check of one agent's home, bounded by the rpc timeout: held resets the misses;
-        not held closes the call (or ends the consultation) at once; no answer counts a miss,
-        and WATCHDOG_MISSES in a row close it too."""
-        verdict: Verdict | None = None
-        failure = ""
-        try:
-            verdict = await asyncio.wait_for(
-                self._link.desk(party.node).holds(party.call_id, party.agent_id, party.epoch),
-                self._rpc_timeout_s,
-            )
-        except (TimeoutError, ConnectionError) as error:
-            failure = str(error) or "timeout"
-        call = self.calls.get(party.call_id)
-        if call is None or party not in parties(call):
-            self._home_misses.pop(party, None)  # ended or handed over meanwhile
-            return
-        if verdict is not None and verdict.accepted:
-            self._home_misses.pop(party, None)
-            return
-        if verdict is not None:
-            why = f"agent's home no longer holds the agent on this call: {verdict.reason}"
-        else:
-            misses = self._home_misses.get(party, 0) + 1
-            self._home_misses[party] = misses
-            log.warning(
-                "call %s: agent %s's home %s did not answer the check (%d of %d): %s",
-                party.call_id,
-                party.agent_id,
-                party.node,
-                misses,
-                WATCHDOG_MISSES,
-                failure,
-            )
-            if misses < WATCHDOG_MISSES:
-                return
-            why = f"agent's home {party.node} unreachable ({failure})"
-        self._home_misses.pop(party, None)
-        self._lost(call, party, why)
 
     def _lost(self, call: Call, party: Party, why: str) -> None:
         """The agent's home no longer holds the agent on the call: a consulted agent leaves the

@@ -76,7 +76,7 @@ async def test_a_talking_call_whose_agents_home_died_is_closed_though_the_regist
         assert (await switchboard.report(call.call_id, "fa", AgentAction.ANSWER, 1)).accepted
         desk.holding["fa"] = list(answers)
         for _ in answers:
-            await switchboard.check_homes()
+            await switchboard.homes.check()
         seen = registry.agent("fa")
         assert seen is not None
         assert seen.epoch == 1  # the registry never learnt anything new

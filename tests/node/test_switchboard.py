@@ -227,7 +227,7 @@ async def test_a_call_whose_home_holds_its_agent_goes_on(tmp_path: Path) -> None
     desk = FakeDesk()
     switchboard, call_id = await talking(tmp_path, desk)
     for _ in range(5):
-        await switchboard.check_homes()
+        await switchboard.homes.check()
     assert desk.asked == [(call_id, "fa", 1)] * 5
     assert switchboard.calls[call_id].state is CallState.TALKING
     await switchboard.close()
@@ -237,7 +237,7 @@ async def test_a_call_whose_home_no_longer_holds_its_agent_fails_at_once(tmp_pat
     desk = FakeDesk()
     switchboard, call_id = await talking(tmp_path, desk)
     desk.holding["fa"] = [Verdict(False, "epoch_changed")]
-    await switchboard.check_homes()
+    await switchboard.homes.check()
     assert call_id not in switchboard.calls
     assert outcome(tmp_path, call_id) == (
         "failed",
@@ -253,9 +253,9 @@ async def test_a_call_whose_home_stays_unreachable_fails_after_the_misses(tmp_pa
     switchboard, call_id = await talking(tmp_path, desk)
     desk.holding["fa"] = [ConnectionError("UNAVAILABLE: connection refused")] * WATCHDOG_MISSES
     for _ in range(WATCHDOG_MISSES - 1):
-        await switchboard.check_homes()
+        await switchboard.homes.check()
         assert switchboard.calls[call_id].state is CallState.TALKING
-    await switchboard.check_homes()
+    await switchboard.homes.check()
     assert call_id not in switchboard.calls
     assert outcome(tmp_path, call_id) == (
         "failed",
@@ -272,7 +272,7 @@ async def test_an_answer_from_the_home_resets_the_misses(tmp_path: Path) -> None
         lost * (WATCHDOG_MISSES - 1) + [Verdict(True)] + lost * (WATCHDOG_MISSES - 1)
     )
     for _ in range(2 * WATCHDOG_MISSES - 1):
-        await switchboard.check_homes()
+        await switchboard.homes.check()
     assert switchboard.calls[call_id].state is CallState.TALKING
     assert len(desk.asked) == 2 * WATCHDOG_MISSES - 1
     await switchboard.close()
@@ -289,7 +289,7 @@ async def test_a_home_that_does_not_answer_in_time_counts_as_a_miss(tmp_path: Pa
     switchboard, call_id = await talking(tmp_path, desk)
     switchboard._rpc_timeout_s = 0.05
     for _ in range(WATCHDOG_MISSES):
-        await asyncio.wait_for(switchboard.check_homes(), 5)
+        await asyncio.wait_for(switchboard.homes.check(), 5)
     assert outcome(tmp_path, call_id) == ("failed", "agent's home n2 unreachable (timeout)")
     await switchboard.close()
 
@@ -297,7 +297,7 @@ async def test_a_home_that_does_not_answer_in_time_counts_as_a_miss(tmp_path: Pa
 async def test_an_agent_homed_on_the_owner_itself_is_not_asked(tmp_path: Path) -> None:
     desk = FakeDesk()
     switchboard, call_id = await talking(tmp_path, desk, home="n1")
-    await switchboard.check_homes()
+    await switchboard.homes.check()
     assert desk.asked == []
     assert switchboard.calls[call_id].state is CallState.TALKING
     await switchboard.close()
@@ -313,7 +313,7 @@ async def test_a_consulted_agent_whose_home_lets_go_leaves_the_call_to_its_agent
     assert verdict.accepted, verdict
     assert (await switchboard.report(call_id, "ba", AgentAction.ANSWER, 1)).accepted
     desk.holding["ba"] = [Verdict(False, "no_session")]
-    await switchboard.check_homes()
+    await switchboard.homes.check()
     assert sorted(agent for _, agent, _ in desk.asked) == ["ba", "fa"]  # both parties
     call = switchboard.calls[call_id]
     assert (call.state, call.agent_id, call.consult_agent) == (CallState.TALKING, "fa", "")
@@ -332,7 +332,7 @@ async def test_after_a_hand_over_the_new_agent_is_checked(tmp_path: Path) -> Non
     assert (await switchboard.report(call_id, "ba", AgentAction.ANSWER, 1)).accepted
     assert (await switchboard.report(call_id, "fa", AgentAction.HANDOVER, 1)).accepted
     desk.holding["fa"] = [Verdict(False, "call_not_held")]  # fa left: not asked any more
-    await switchboard.check_homes()
+    await switchboard.homes.check()
     assert [agent for _, agent, _ in desk.asked] == ["ba"]
     assert switchboard.calls[call_id].agent_id == "ba"
     await switchboard.close()
@@ -342,7 +342,7 @@ async def test_the_watch_loop_closes_a_call_its_home_let_go(tmp_path: Path) -> N
     desk = FakeDesk()
     switchboard, call_id = await talking(tmp_path, desk)
     desk.holding["fa"] = [Verdict(True), Verdict(False, "no_session")]
-    watch = asyncio.create_task(switchboard.watch_homes(every_s=0.01))
+    watch = asyncio.create_task(switchboard.homes.watch(every_s=0.01))
     for _ in range(300):  # bounded wait
         if call_id not in switchboard.calls:
             break
