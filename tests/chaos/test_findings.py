@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from node.agentdesk import AgentDesk, OfferError
 from node.callstate import CallState
 from node.etcd import Etcd, EtcdUnavailable
 from node.etcd_server import EtcdServer
-from node.exchange import AgentAction, CallInfo, Desk, Owner, ReleaseReason, Verdict
+from node.exchange import AgentAction, CallInfo, Desk, Link, Owner, ReleaseReason, Verdict
 from node.sessions import Profile, Sessions
 from registry.clock import HybridClock
 from registry.records import AgentState, Trust
@@ -141,6 +143,27 @@ class _NoLink:
         raise AssertionError("not used")
 
 
+@asynccontextmanager
+async def home_node(
+    tmp_path: Path, site: str = "site-a", link: Link | None = None
+) -> AsyncIterator[tuple[Etcd, Registry, Sessions, AgentDesk]]:
+    """One home node's parts over a real etcd: its registry, its sessions (unfenced) and its
+    desk (`link`: the other nodes, none by default)."""
+    async with (
+        EtcdServer("e1", tmp_path / "e1") as server,
+        Etcd([server.client_url], lease_ttl_s=5) as etcd,
+    ):
+        registry = Registry("n1", HybridClock())
+        sessions = Sessions(etcd, registry, site, Trust.INHOUSE, on_write=lambda: None)
+        sessions.unfence()
+        yield (
+            etcd,
+            registry,
+            sessions,
+            AgentDesk(etcd, registry, sessions, link or _NoLink(), lambda: {}),
+        )
+
+
 async def test_a_stale_release_after_a_lost_lease_does_not_free_the_new_reservation(
     tmp_path: Path,
 ) -> None:
@@ -148,14 +171,7 @@ async def test_a_stale_release_after_a_lost_lease_does_not_free_the_new_reservat
     down) while the agent had an offer; the agent logged in at the same node again and was
     reserved for a new call in the same slot; then the old call's release deleted that slot and
     took one off the new session's count, and the agent was reserved for a second call."""
-    async with (
-        EtcdServer("e1", tmp_path / "e1") as server,
-        Etcd([server.client_url], lease_ttl_s=5) as etcd,
-    ):
-        registry = Registry("n1", HybridClock())
-        sessions = Sessions(etcd, registry, "site-a", Trust.INHOUSE, on_write=lambda: None)
-        sessions.unfence()
-        desk = AgentDesk(etcd, registry, sessions, _NoLink(), lambda: {})
+    async with home_node(tmp_path) as (etcd, registry, sessions, desk):
         profile = Profile(1, (("chaos", 5),), 1)
         await sessions.login("ann", profile)
         first = CallInfo("c1", "n9", "chaos", "+1", 0)
@@ -222,14 +238,7 @@ async def test_a_release_while_etcd_is_down_frees_the_agent_and_the_slot_later(
 ) -> None:
     """Seed 13 of `callmesh chaos`: the site's etcd was down when a call's release came, freeing
     the slot failed, the release stopped there, and the agent stayed reserved for good."""
-    async with (
-        EtcdServer("e1", tmp_path / "e1") as server,
-        Etcd([server.client_url], lease_ttl_s=5) as etcd,
-    ):
-        registry = Registry("n1", HybridClock())
-        sessions = Sessions(etcd, registry, "site-a", Trust.INHOUSE, on_write=lambda: None)
-        sessions.unfence()
-        desk = AgentDesk(etcd, registry, sessions, _NoLink(), lambda: {})
+    async with home_node(tmp_path) as (etcd, registry, sessions, desk):
         await sessions.login("ann", Profile(1, (("chaos", 5),), 1))
         assert (await desk.reserve(CallInfo("c1", "n9", "chaos", "+1", 0), "ann", 30, 0)).reserved
         slot = sessions.slot_key("ann", 0)
@@ -275,14 +284,7 @@ async def test_a_release_while_the_lease_is_doubtful_frees_the_agent_once_it_is_
     and did nothing, the answer renewed the lease, and the agent, its session alive, stayed
     reserved for good with its slot held (the sweep reaps only sessions whose key is gone)."""
     doubt = _Doubt(monkeypatch)
-    async with (
-        EtcdServer("e1", tmp_path / "e1") as server,
-        Etcd([server.client_url], lease_ttl_s=5) as etcd,
-    ):
-        registry = Registry("n1", HybridClock())
-        sessions = Sessions(etcd, registry, "site-a", Trust.INHOUSE, on_write=lambda: None)
-        sessions.unfence()
-        desk = AgentDesk(etcd, registry, sessions, _NoLink(), lambda: {})
+    async with home_node(tmp_path) as (etcd, registry, sessions, desk):
         await sessions.login("ann", Profile(1, (("chaos", 5),), 1))
         assert (await desk.reserve(CallInfo("c1", "n9", "chaos", "+1", 0), "ann", 30, 0)).reserved
         slot = sessions.slot_key("ann", 0)
@@ -310,14 +312,7 @@ async def test_a_reservation_that_finds_the_lease_doubtful_after_its_slot_frees_
     """The same doubt between writing the slot and writing the agent's record: the refusal
     left the slot held under a lease that lived on, and the agent could never be reserved."""
     doubt = _Doubt(monkeypatch)
-    async with (
-        EtcdServer("e1", tmp_path / "e1") as server,
-        Etcd([server.client_url], lease_ttl_s=5) as etcd,
-    ):
-        registry = Registry("n1", HybridClock())
-        sessions = Sessions(etcd, registry, "site-a", Trust.INHOUSE, on_write=lambda: None)
-        sessions.unfence()
-        desk = AgentDesk(etcd, registry, sessions, _NoLink(), lambda: {})
+    async with home_node(tmp_path) as (etcd, _registry, sessions, desk):
         await sessions.login("ann", Profile(1, (("chaos", 5),), 1))
         put_if = etcd.put_if
 
@@ -342,14 +337,7 @@ async def test_a_release_while_the_lease_is_doubtful_ends_when_the_lease_is_lost
     """When the doubt ends in a lost lease, the waiting release writes nothing: the session was
     dropped, its slot dies with the lease and a peer writes the agent offline."""
     doubt = _Doubt(monkeypatch)
-    async with (
-        EtcdServer("e1", tmp_path / "e1") as server,
-        Etcd([server.client_url], lease_ttl_s=5) as etcd,
-    ):
-        registry = Registry("n1", HybridClock())
-        sessions = Sessions(etcd, registry, "site-a", Trust.INHOUSE, on_write=lambda: None)
-        sessions.unfence()
-        desk = AgentDesk(etcd, registry, sessions, _NoLink(), lambda: {})
+    async with home_node(tmp_path) as (_etcd, registry, sessions, desk):
         await sessions.login("ann", Profile(1, (("chaos", 5),), 1))
         assert (await desk.reserve(CallInfo("c1", "n9", "chaos", "+1", 0), "ann", 30, 0)).reserved
         doubt.doubtful = True
@@ -369,14 +357,7 @@ async def test_two_releases_at_once_leave_an_agent_of_capacity_two_available(
     calls of one agent ended at once; each release read the agent's record, waited for etcd to
     free its slot, and wrote the record it had read with one call less, so the second write
     undid the first and the agent was left reserved with one call for good."""
-    async with (
-        EtcdServer("e1", tmp_path / "e1") as server,
-        Etcd([server.client_url], lease_ttl_s=5) as etcd,
-    ):
-        registry = Registry("n1", HybridClock())
-        sessions = Sessions(etcd, registry, "site-b", Trust.INHOUSE, on_write=lambda: None)
-        sessions.unfence()
-        desk = AgentDesk(etcd, registry, sessions, _NoLink(), lambda: {})
+    async with home_node(tmp_path, "site-b") as (etcd, registry, sessions, desk):
         await sessions.login("bob", Profile(1, (("chaos", 5),), 2))
         for call in ("c1", "c2"):
             info = CallInfo(call, "n9", "chaos", "+1", 0)
@@ -438,14 +419,12 @@ async def test_an_answer_accepted_after_the_offer_lapsed_does_not_leave_the_agen
     the lapse had released the agent: the answer then wrote the agent talking, with no offer
     left for any release to undo it, and the agent stayed talking for good."""
     owner = _SlowOwner()
-    async with (
-        EtcdServer("e1", tmp_path / "e1") as server,
-        Etcd([server.client_url], lease_ttl_s=5) as etcd,
+    async with home_node(tmp_path, "site-b", link=_SlowLink(owner)) as (
+        _etcd,
+        registry,
+        sessions,
+        desk,
     ):
-        registry = Registry("n1", HybridClock())
-        sessions = Sessions(etcd, registry, "site-b", Trust.INHOUSE, on_write=lambda: None)
-        sessions.unfence()
-        desk = AgentDesk(etcd, registry, sessions, _SlowLink(owner), lambda: {})
         await sessions.login("bob", Profile(1, (("chaos", 5),), 1))
         assert (await desk.reserve(CallInfo("c1", "n9", "chaos", "+1", 0), "bob", 30, 0)).reserved
         answering = asyncio.create_task(desk.act("bob", "c1", AgentAction.ANSWER))
