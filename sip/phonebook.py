@@ -73,11 +73,6 @@ class PhoneBook:
         else:
             await self._store.delete(key)
 
-    async def load(self) -> dict[str, str]:
-        """Every agent's number in the site; an unusable stored value is skipped and logged."""
-        numbers, _ = await self._load()
-        return numbers
-
     async def follow(self, lines: Lines) -> None:
         """Line up every stored number, then keep `lines` equal to the site's numbers as other
         nodes change them. Runs until cancelled (or the etcd client closes)."""
@@ -106,6 +101,8 @@ class PhoneBook:
                 delay = min(delay * 2, _RETRY_MAX_S)
 
     async def _load(self) -> tuple[dict[str, str], int]:
+        """Every agent's number in the site, and the revision read at; an unusable stored value
+        is skipped and logged."""
         found, revision = await self._store.get_prefix(self._prefix)
         numbers: dict[str, str] = {}
         for item in found:
